@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The two commands of README.md:
+#   scripts/dev.sh serve   set up, then run the daemon on the embedded demo model (loopback)
+#   scripts/dev.sh test    set up, then run every check CI runs (protos, ruff, mypy, pytest)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${EDGE_AGENT_VENV:-.venv}
+PY=${PYTHON:-python3}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+# Reinstall only when the dependency list changed.
+stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -U pip
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+  rm -f "$VENV"/.installed-*
+  touch "$stamp"
+fi
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  serve)
+    exec "$VENV/bin/edge-agent" serve --demo "$@"
+    ;;
+  test)
+    "$VENV/bin/python" scripts/gen_protos.py --check
+    "$VENV/bin/ruff" check edge_agent tests scripts
+    "$VENV/bin/ruff" format --check edge_agent tests scripts
+    "$VENV/bin/mypy"
+    exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+  *)
+    echo "usage: scripts/dev.sh serve|test [args...]" >&2
+    exit 2
+    ;;
+esac
