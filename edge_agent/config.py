@@ -1,0 +1,212 @@
+"""The agent's configuration: one TOML file, validated once into frozen, typed objects.
+
+Domain sections (bundles, pressure, cloud, policy, tls, ...) are parsed by their own packages;
+this module composes them. Nothing here reads environment variables: the caller passes the
+file path, and every path in the file may be relative to the file's folder.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_agent._tomlreader import TableReader
+from edge_agent.errors import ConfigError
+
+__all__ = [
+    "KNOWN_PROVIDERS",
+    "AgentConfig",
+    "EngineConfig",
+    "LoggingConfig",
+    "PathsConfig",
+    "ServerConfig",
+    "load_config",
+    "parse_config",
+]
+
+DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/agent.toml")
+
+# Provider names as onnxruntime-genai's Config.append_provider spells them.
+KNOWN_PROVIDERS = ("qnn", "openvino", "dml", "cuda", "webgpu", "cpu")
+
+
+@dataclass(frozen=True, slots=True)
+class PathsConfig:
+    state_dir: Path = Path("/var/lib/edge-agent")
+    runtime_dir: Path = Path("/run/edge-agent")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    # "host:port" (IPv6 as "[::1]:port"); port 0 picks a free port (tests).
+    listen: tuple[str, ...] = ("127.0.0.1:50051",)
+    grace_s: float = 10.0
+    reflection: bool = False
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_concurrent_streams: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    # The model folder served when no bundle is active (the embedded demo model by default).
+    model_dir: Path | None = None
+    providers: tuple[str, ...] = KNOWN_PROVIDERS
+    provider_options: dict[str, dict[str, str]] = field(default_factory=dict)
+    intra_op_threads: int = 0  # 0: onnxruntime's default (all cores)
+    lanes: int = 3  # Engines sharing one model, stepped in turn (see docs/ARCHITECTURE.md)
+    max_batch_size: int = 16
+    load_timeout_s: float = 900.0
+    restart_backoff_s: float = 0.5
+    restart_backoff_max_s: float = 30.0
+    ping_interval_s: float = 2.0
+    max_messages: int = 256
+    max_message_chars: int = 64 * 1024
+    max_stop_strings: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = "INFO"
+    json: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    source: str = "<defaults>"
+    paths: PathsConfig = PathsConfig()
+    server: ServerConfig = ServerConfig()
+    engine: EngineConfig = EngineConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+def _parse_paths(r: TableReader, base: Path) -> PathsConfig:
+    d = PathsConfig()
+    cfg = PathsConfig(
+        state_dir=r.path("state_dir", d.state_dir, base=base),
+        runtime_dir=r.path("runtime_dir", d.runtime_dir, base=base),
+    )
+    r.finish()
+    return cfg
+
+
+def _parse_listen(r: TableReader, default: tuple[str, ...]) -> tuple[str, ...]:
+    listen = r.string_list("listen", default)
+    if not listen:
+        raise r.error("listen", "needs at least one address")
+    for addr in listen:
+        if addr.startswith("unix:"):
+            continue
+        host, sep, port = addr.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise r.error("listen", f"{addr!r} is not host:port")
+    return listen
+
+
+def _parse_server(r: TableReader) -> ServerConfig:
+    d = ServerConfig()
+    cfg = ServerConfig(
+        listen=_parse_listen(r, d.listen),
+        grace_s=r.number("grace_s", d.grace_s, min_value=0, max_value=3600),
+        reflection=r.boolean("reflection", d.reflection),
+        max_message_bytes=r.integer(
+            "max_message_bytes", d.max_message_bytes, min_value=1024, max_value=256 * 1024 * 1024
+        ),
+        max_concurrent_streams=r.integer(
+            "max_concurrent_streams", d.max_concurrent_streams, min_value=1
+        ),
+    )
+    r.finish()
+    return cfg
+
+
+def _parse_provider_options(r: TableReader) -> dict[str, dict[str, str]]:
+    raw = r.raw("provider_options", {})
+    if not isinstance(raw, dict):
+        raise r.error("provider_options", "expected a table of tables")
+    out: dict[str, dict[str, str]] = {}
+    for name, opts in raw.items():
+        if name not in KNOWN_PROVIDERS:
+            raise r.error(f"provider_options.{name}", f"unknown provider {name!r}")
+        if not isinstance(opts, dict) or not all(isinstance(v, str) for v in opts.values()):
+            raise r.error(f"provider_options.{name}", "expected a table of strings")
+        out[name] = dict(opts)
+    return out
+
+
+def _parse_engine(r: TableReader, base: Path) -> EngineConfig:
+    d = EngineConfig()
+    providers = r.string_list("providers", d.providers)
+    for p in providers:
+        if p not in KNOWN_PROVIDERS:
+            raise r.error(
+                "providers", f"unknown provider {p!r}; known: {', '.join(KNOWN_PROVIDERS)}"
+            )
+    if not providers:
+        raise r.error("providers", "needs at least one provider")
+    backoff = r.number("restart_backoff_s", d.restart_backoff_s, min_value=0.01, max_value=600)
+    cfg = EngineConfig(
+        model_dir=r.optional_path("model_dir", base=base),
+        providers=providers,
+        provider_options=_parse_provider_options(r),
+        intra_op_threads=r.integer(
+            "intra_op_threads", d.intra_op_threads, min_value=0, max_value=1024
+        ),
+        lanes=r.integer("lanes", d.lanes, min_value=1, max_value=16),
+        max_batch_size=r.integer("max_batch_size", d.max_batch_size, min_value=1, max_value=256),
+        load_timeout_s=r.number("load_timeout_s", d.load_timeout_s, min_value=1),
+        restart_backoff_s=backoff,
+        restart_backoff_max_s=r.number(
+            "restart_backoff_max_s", d.restart_backoff_max_s, min_value=backoff, max_value=3600
+        ),
+        ping_interval_s=r.number(
+            "ping_interval_s", d.ping_interval_s, min_value=0.05, max_value=60
+        ),
+        max_messages=r.integer("max_messages", d.max_messages, min_value=1, max_value=10_000),
+        max_message_chars=r.integer(
+            "max_message_chars", d.max_message_chars, min_value=1, max_value=16 * 1024 * 1024
+        ),
+        max_stop_strings=r.integer(
+            "max_stop_strings", d.max_stop_strings, min_value=0, max_value=64
+        ),
+    )
+    r.finish()
+    return cfg
+
+
+def _parse_logging(r: TableReader) -> LoggingConfig:
+    d = LoggingConfig()
+    cfg = LoggingConfig(
+        level=r.string("level", d.level, choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+        json=r.boolean("json", d.json),
+    )
+    r.finish()
+    return cfg
+
+
+def parse_config(document: dict[str, Any], *, source: str, base: Path) -> AgentConfig:
+    """Validate a parsed TOML document; ``base`` resolves relative paths."""
+    root = TableReader(document, source=source)
+    cfg = AgentConfig(
+        source=source,
+        paths=_parse_paths(root.table("paths"), base),
+        server=_parse_server(root.table("server")),
+        engine=_parse_engine(root.table("engine"), base),
+        logging=_parse_logging(root.table("logging")),
+    )
+    root.finish()
+    return cfg
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate ``path``; every problem is a ConfigError naming the file and key."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
+    try:
+        document = tomllib.loads(data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_config(document, source=str(path), base=path.resolve().parent)

@@ -1,0 +1,28 @@
+"""Local inference: a supervised worker process running onnxruntime-genai."""
+
+from edge_agent.engine._supervisor import EngineSupervisor, identity_from_dir
+from edge_agent.engine._types import (
+    Delta,
+    EngineInfo,
+    EngineStatusView,
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    Message,
+    ModelIdentity,
+    Started,
+)
+
+__all__ = [
+    "Delta",
+    "EngineInfo",
+    "EngineStatusView",
+    "EngineSupervisor",
+    "Finished",
+    "GenerationEvent",
+    "GenerationRequest",
+    "Message",
+    "ModelIdentity",
+    "Started",
+    "identity_from_dir",
+]

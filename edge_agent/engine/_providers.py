@@ -1,0 +1,86 @@
+"""Execution-provider selection, run inside the engine worker.
+
+The operator lists providers in order of preference; the first that is present in this
+build *and* loads the model serves. Each failure is kept so GetStatus and the logs say why
+a faster provider was passed over.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LoadedModel", "ModelLoadError", "load_model"]
+
+
+class ModelLoadError(Exception):
+    """No provider could load the model."""
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # og.Model
+    provider: str
+    skipped: list[tuple[str, str]]  # (provider, why)
+
+
+def _available(og: Any, provider: str) -> bool:
+    probes = {
+        "cpu": lambda: True,
+        "cuda": og.is_cuda_available,
+        "dml": og.is_dml_available,
+        "qnn": og.is_qnn_available,
+        "openvino": og.is_openvino_available,
+        "webgpu": og.is_webgpu_available,
+    }
+    probe = probes.get(provider)
+    try:
+        return bool(probe()) if probe is not None else False
+    except Exception:
+        return False
+
+
+def session_overlay(intra_op_threads: int, max_batch_size: int) -> dict[str, Any]:
+    """The genai_config overlay that applies the daemon's engine settings."""
+    overlay: dict[str, Any] = {"engine": {"static_batching": {"max_batch_size": max_batch_size}}}
+    if intra_op_threads > 0:
+        overlay["model"] = {
+            "decoder": {"session_options": {"intra_op_num_threads": intra_op_threads}}
+        }
+    return overlay
+
+
+def load_model(
+    og: Any,
+    model_dir: Path,
+    providers: Sequence[str],
+    provider_options: Mapping[str, Mapping[str, str]],
+    intra_op_threads: int,
+    max_batch_size: int,
+) -> LoadedModel:
+    skipped: list[tuple[str, str]] = []
+    overlay = json.dumps(session_overlay(intra_op_threads, max_batch_size))
+    for provider in providers:
+        if not _available(og, provider):
+            skipped.append((provider, "not available in this build or on this box"))
+            continue
+        try:
+            config = og.Config(str(model_dir))
+            config.clear_providers()
+            if provider != "cpu":
+                config.append_provider(provider)
+                for key, value in provider_options.get(provider, {}).items():
+                    config.set_provider_option(provider, key, value)
+            config.overlay(overlay)
+            model = og.Model(config)
+        except Exception as exc:
+            skipped.append(
+                (provider, str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+            )
+            continue
+        return LoadedModel(model=model, provider=provider, skipped=skipped)
+    reasons = "; ".join(f"{p}: {why}" for p, why in skipped) or "no provider configured"
+    raise ModelLoadError(f"no execution provider could load the model ({reasons})")

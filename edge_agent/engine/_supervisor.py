@@ -1,0 +1,402 @@
+"""The engine supervisor: the daemon's side of local inference.
+
+It starts the worker process, streams generations through it, restarts it with backoff
+when it dies (in-flight streams end with UNAVAILABLE), and swaps models for bundle
+activation: new requests go to the new worker while in-flight streams finish on the old.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from edge_agent.config import EngineConfig
+from edge_agent.engine._handle import WorkerHandle
+from edge_agent.engine._types import (
+    Delta,
+    EngineInfo,
+    EngineStatusView,
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    Message,
+    ModelIdentity,
+    Started,
+)
+from edge_agent.errors import (
+    EdgeAgentError,
+    EngineUnavailable,
+    FailedPrecondition,
+    InvalidArgument,
+)
+
+__all__ = ["EngineSupervisor", "identity_from_dir"]
+
+_log = logging.getLogger(__name__)
+
+# A worker that stayed up this long earns a fresh backoff.
+_STABLE_AFTER_S = 60.0
+_STOP_TIMEOUT_S = 10.0
+
+StateListener = Callable[[str], None]
+
+
+def identity_from_dir(model_dir: Path) -> ModelIdentity:
+    """Name and version from the folder's bundle.json, or the folder name when it has none."""
+    name, version = model_dir.name, "unversioned"
+    architecture, quantization, kv_bytes = "unknown", "unknown", 0
+    try:
+        meta = json.loads((model_dir / "bundle.json").read_text())
+        name, version = str(meta["name"]), str(meta["version"])
+        facts = meta.get("model", {})
+        architecture = str(facts.get("architecture", architecture))
+        quantization = str(facts.get("quantization", quantization))
+        kv_bytes = int(facts.get("kv_bytes_per_token", 0))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return ModelIdentity(name, version, model_dir, architecture, quantization, kv_bytes)
+
+
+class _Stream:
+    __slots__ = ("handle", "queue")
+
+    def __init__(self, handle: WorkerHandle) -> None:
+        self.handle = handle
+        self.queue: asyncio.Queue[GenerationEvent | EdgeAgentError] = asyncio.Queue()
+
+
+class EngineSupervisor:
+    """Runs local generations in a supervised worker process."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        model: ModelIdentity,
+        *,
+        on_state: StateListener | None = None,
+    ) -> None:
+        self._config = config
+        self._model = model
+        self._on_state = on_state
+        self._state = "stopped"
+        self._active: WorkerHandle | None = None
+        self._retiring: set[WorkerHandle] = set()
+        self._streams: dict[int, _Stream] = {}
+        self._ids = itertools.count(1)
+        self._restarts = 0
+        self._backoff = config.restart_backoff_s
+        self._started_at = 0.0
+        self._restart_task: asyncio.Task[None] | None = None
+        self._ping_task: asyncio.Task[None] | None = None
+        self._pongs: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._stats: dict[str, Any] = {}
+        self._last_pong = 0.0
+        self._stopping = False
+
+    # -- properties -----------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def model(self) -> ModelIdentity:
+        return self._model
+
+    @property
+    def info(self) -> EngineInfo | None:
+        return self._active.info if self._active is not None else None
+
+    @property
+    def last_pong_age_s(self) -> float:
+        return time.monotonic() - self._last_pong if self._last_pong else float("inf")
+
+    def status(self) -> EngineStatusView:
+        info = self.info
+        return EngineStatusView(
+            state=self._state,
+            execution_provider=info.execution_provider if info else "",
+            restarts=self._restarts,
+            active_requests=len(self._streams),
+            queued_requests=int(self._stats.get("waiting", 0)),
+            lanes=info.lanes if info else self._config.lanes,
+            max_batch_size=info.max_batch_size if info else self._config.max_batch_size,
+            context_length=info.context_length if info else 0,
+            worker_stats=dict(self._stats),
+        )
+
+    def _set_state(self, state: str) -> None:
+        if state != self._state:
+            self._state = state
+            _log.info("engine %s", state)
+            if self._on_state is not None:
+                self._on_state(state)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def _spec(self, model_dir: Path) -> dict[str, Any]:
+        c = self._config
+        return {
+            "model_dir": str(model_dir),
+            "providers": list(c.providers),
+            "provider_options": {k: dict(v) for k, v in c.provider_options.items()},
+            "intra_op_threads": c.intra_op_threads,
+            "lanes": c.lanes,
+            "max_batch_size": c.max_batch_size,
+        }
+
+    async def _launch(self, model_dir: Path) -> WorkerHandle:
+        loop = asyncio.get_running_loop()
+        handle = WorkerHandle(self._spec(model_dir), loop, self._on_message, self._on_exit)
+        try:
+            info = await asyncio.wait_for(asyncio.shield(handle.ready), self._config.load_timeout_s)
+        except (TimeoutError, RuntimeError) as exc:
+            await handle.stop(_STOP_TIMEOUT_S)
+            reason = "timed out loading the model" if isinstance(exc, TimeoutError) else str(exc)
+            raise EngineUnavailable(f"the engine could not load the model: {reason}") from exc
+        _log.info(
+            "engine worker pid %s serves %s on %s (context %d, %d lanes × batch %d)",
+            info.pid, model_dir, info.execution_provider, info.context_length, info.lanes,
+            info.max_batch_size,
+        )  # fmt: skip
+        return handle
+
+    async def start(self) -> None:
+        """Start the worker and wait until the model serves; raises EngineUnavailable."""
+        self._stopping = False
+        self._set_state("starting")
+        try:
+            self._active = await self._launch(self._model.model_dir)
+        except EngineUnavailable:
+            self._set_state("stopped")
+            raise
+        self._started_at = time.monotonic()
+        self._last_pong = time.monotonic()
+        self._ping_task = asyncio.create_task(self._ping_loop(), name="engine-ping")
+        self._set_state("ready")
+
+    async def stop(self) -> None:
+        """Stop the worker(s); in-flight streams end with UNAVAILABLE."""
+        self._stopping = True
+        for task in (self._restart_task, self._ping_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        handles = [h for h in (self._active, *self._retiring) if h is not None]
+        self._active = None
+        await asyncio.gather(*(h.stop(_STOP_TIMEOUT_S) for h in handles))
+        self._fail_streams(None, EngineUnavailable("the engine stopped"))
+        self._set_state("stopped")
+
+    def _on_exit(self, handle: WorkerHandle) -> None:
+        self._retiring.discard(handle)
+        if handle.retiring or self._stopping or handle is not self._active:
+            self._fail_streams(handle, EngineUnavailable("the engine stopped"))
+            return
+        _log.error(
+            "engine worker pid %s died (exit code %s)", handle.pid, handle.process.returncode
+        )
+        self._active = None
+        self._fail_streams(handle, EngineUnavailable("the engine restarted; retry the request"))
+        self._set_state("restarting")
+        self._restart_task = asyncio.get_running_loop().create_task(self._restart())
+
+    async def _restart(self) -> None:
+        while not self._stopping:
+            if time.monotonic() - self._started_at > _STABLE_AFTER_S:
+                self._backoff = self._config.restart_backoff_s
+            delay, self._backoff = (
+                self._backoff,
+                min(self._backoff * 2, self._config.restart_backoff_max_s),
+            )
+            await asyncio.sleep(delay)
+            try:
+                handle = await self._launch(self._model.model_dir)
+            except EngineUnavailable as exc:
+                _log.error("engine restart failed: %s", exc.message)
+                continue
+            self._active = handle
+            self._restarts += 1
+            self._started_at = time.monotonic()
+            self._last_pong = time.monotonic()
+            self._set_state("ready")
+            return
+
+    def _fail_streams(self, handle: WorkerHandle | None, error: EdgeAgentError) -> None:
+        for rid, stream in list(self._streams.items()):
+            if handle is None or stream.handle is handle:
+                stream.queue.put_nowait(error)
+                del self._streams[rid]
+
+    # -- messages from workers ------------------------------------------------------------
+
+    def _on_message(self, handle: WorkerHandle, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "step":
+            _, started, deltas, done = message
+            streams = self._streams
+            for rid, prompt_tokens in started:
+                s = streams.get(rid)
+                if s is not None:
+                    s.queue.put_nowait(Started(prompt_tokens))
+            for rid, text in deltas:
+                s = streams.get(rid)
+                if s is not None:
+                    s.queue.put_nowait(Delta(text))
+            for rid, reason, prompt_tokens, completion_tokens, error in done:
+                s = streams.pop(rid, None)
+                if s is None:
+                    continue
+                s.handle.streams.discard(rid)
+                if error is not None:
+                    s.queue.put_nowait(_worker_error(error))
+                else:
+                    s.queue.put_nowait(Finished(reason, prompt_tokens, completion_tokens))
+            if handle.retiring and not handle.streams:
+                asyncio.get_running_loop().create_task(handle.stop(_STOP_TIMEOUT_S))
+        elif kind == "pong":
+            fut = self._pongs.pop(int(message[1]), None)
+            if handle is self._active:
+                self._stats = dict(message[2])
+                self._last_pong = time.monotonic()
+            if fut is not None and not fut.done():
+                fut.set_result(dict(message[2]))
+
+    async def _ping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.ping_interval_s)
+            if self._active is not None:
+                with contextlib.suppress(EngineUnavailable, TimeoutError):
+                    await self.probe(timeout_s=max(self._config.ping_interval_s * 5, 5.0))
+
+    async def probe(self, timeout_s: float = 5.0) -> dict[str, Any]:
+        """Round-trip to the active worker; returns its stats (active, waiting, pending...)."""
+        handle = self._active
+        if handle is None:
+            raise EngineUnavailable("the engine is not running")
+        seq = next(self._ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pongs[seq] = fut
+        handle.send(("ping", seq))
+        try:
+            return await asyncio.wait_for(fut, timeout_s)
+        finally:
+            self._pongs.pop(seq, None)
+
+    # -- generation -----------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        """Stream a generation; leaving the iteration early cancels it in the engine."""
+        handle = self._active
+        if handle is None or self._state != "ready":
+            raise EngineUnavailable("the local engine is not ready")
+        rid = next(self._ids)
+        stream = _Stream(handle)
+        self._streams[rid] = stream
+        handle.streams.add(rid)
+        handle.send(("submit", rid, request.to_job()))
+        finished = False
+        try:
+            while True:
+                for item in _drain(await stream.queue.get(), stream.queue):
+                    if isinstance(item, EdgeAgentError):
+                        finished = True
+                        raise item
+                    if isinstance(item, Finished):
+                        finished = True
+                        yield item
+                        return
+                    yield item
+        finally:
+            if not finished and self._streams.pop(rid, None) is not None:
+                handle.streams.discard(rid)
+                handle.send(("cancel", rid))
+
+    # -- model swaps (bundle activation) --------------------------------------------------
+
+    async def trial_load(self, model_dir: Path) -> None:
+        """Load ``model_dir`` in a fresh worker and generate a few tokens; raise on failure."""
+        handle = await self._launch(model_dir)
+        try:
+            await self._smoke(handle)
+        finally:
+            await handle.stop(_STOP_TIMEOUT_S)
+
+    async def switch_to(self, model_dir: Path) -> None:
+        """Serve ``model_dir`` from now on; in-flight streams finish on the old worker."""
+        handle = await self._launch(model_dir)
+        old, self._active = self._active, handle
+        self._model = replace(identity_from_dir(model_dir), model_dir=model_dir)
+        self._started_at = time.monotonic()
+        self._set_state("ready")
+        if old is not None:
+            old.retiring = True
+            if old.streams:
+                self._retiring.add(old)
+            else:
+                await old.stop(_STOP_TIMEOUT_S)
+
+    async def health_probe(self) -> None:
+        """A short generation on the active model; raises when it does not answer."""
+        if self._active is None:
+            raise EngineUnavailable("the engine is not running")
+        await self._smoke(None)
+
+    async def _smoke(self, handle: WorkerHandle | None) -> None:
+        request = GenerationRequest(messages=(Message("user", "Hello"),), max_tokens=4)
+        if handle is None:
+            async with asyncio.timeout(60):
+                async for _ in self.generate(request):
+                    pass
+            return
+        # A trial worker is not the active one: talk to it directly.
+        rid = next(self._ids)
+        stream = _Stream(handle)
+        self._streams[rid] = stream
+        handle.streams.add(rid)
+        handle.send(("submit", rid, request.to_job()))
+        try:
+            async with asyncio.timeout(60):
+                while True:
+                    item = await stream.queue.get()
+                    if isinstance(item, EdgeAgentError):
+                        raise FailedPrecondition(f"trial generation failed: {item.message}")
+                    if isinstance(item, Finished):
+                        if item.completion_tokens < 1:
+                            raise FailedPrecondition("trial generation produced no tokens")
+                        return
+        except TimeoutError as exc:
+            raise FailedPrecondition("trial generation timed out") from exc
+        finally:
+            self._streams.pop(rid, None)
+
+
+def _drain(
+    first: GenerationEvent | EdgeAgentError, q: asyncio.Queue[GenerationEvent | EdgeAgentError]
+) -> list[GenerationEvent | EdgeAgentError]:
+    """``first`` plus whatever is already queued, consecutive deltas merged into one."""
+    items = [first]
+    while not q.empty():
+        item = q.get_nowait()
+        last = items[-1]
+        if isinstance(item, Delta) and isinstance(last, Delta):
+            items[-1] = Delta(last.text + item.text)
+        else:
+            items.append(item)
+    return items
+
+
+def _worker_error(error: tuple[str, str, str]) -> EdgeAgentError:
+    code, field, message = error
+    if code == "invalid_argument":
+        return InvalidArgument(field, message)
+    return EngineUnavailable(message)

@@ -1,0 +1,120 @@
+"""Domain types of the local engine: what the daemon asks for and what it gets back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Delta",
+    "EngineInfo",
+    "EngineStatusView",
+    "Finished",
+    "GenerationEvent",
+    "GenerationRequest",
+    "Message",
+    "ModelIdentity",
+    "Started",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """A validated local generation job."""
+
+    messages: tuple[Message, ...]
+    max_tokens: int | None = None
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    json_schema: str | None = None
+
+    def to_job(self) -> dict[str, Any]:
+        return {
+            "messages": [(m.role, m.content) for m in self.messages],
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "seed": self.seed,
+            "stop": list(self.stop),
+            "json_schema": self.json_schema,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ModelIdentity:
+    """What provenance reports about a local model."""
+
+    name: str
+    version: str
+    model_dir: Path
+    architecture: str = "MistralForCausalLM"
+    quantization: str = "int4"
+    kv_bytes_per_token: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    """What a worker reported once its model loaded."""
+
+    execution_provider: str
+    context_length: int
+    max_batch_size: int
+    lanes: int
+    vocab_size: int
+    pid: int
+
+    @classmethod
+    def from_wire(cls, info: dict[str, Any]) -> EngineInfo:
+        return cls(
+            execution_provider=str(info["provider"]),
+            context_length=int(info["context_length"]),
+            max_batch_size=int(info["max_batch_size"]),
+            lanes=int(info["lanes"]),
+            vocab_size=int(info.get("vocab_size", 0)),
+            pid=int(info["pid"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    # "stop" or "length"
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+GenerationEvent = Started | Delta | Finished
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatusView:
+    state: str  # "starting", "ready", "restarting", "stopped"
+    execution_provider: str
+    restarts: int
+    active_requests: int
+    queued_requests: int
+    lanes: int
+    max_batch_size: int
+    context_length: int
+    worker_stats: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,417 @@
+"""The engine worker process: owns og.Model and its Engines, batches and steps requests.
+
+``engine.run()`` holds the GIL for a whole step, so this runs in its own process; the daemon
+stays responsive whatever happens here. Everything onnxruntime-genai is touched from the one
+thread that runs :func:`worker_main` (the library requires a single owner thread).
+
+Scheduling. On CPU an Engine batches statically: a request added to a running batch waits
+for the whole batch. So the worker keeps several Engines ("lanes") over one shared model and
+steps the busy ones in turn. A newcomer goes into a lane that has not started stepping yet
+(so requests arriving together share one batch) or, failing that, an idle lane; only when
+every lane is busy does it wait, and then for the first lane that frees. Seeded sampling
+runs on a Generator of its own (the static Engine refuses per-turn seeds) stepped in the
+same rotation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import signal
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.engine._protocol import decode, encode
+from edge_agent.engine._providers import ModelLoadError, load_model
+from edge_agent.engine._stops import StopFilter
+
+__all__ = ["worker_main"]
+
+_TOKEN = 1
+_TURN_FINISHED = 2
+_FAILED = 8
+
+# Engine finish reasons → the API's finish_reason.
+_FINISH = {
+    "EOS": "stop",
+    "STOP_STRING": "stop",
+    "MAX_GENERATED_TOKENS": "length",
+    "MAX_SESSION_TOKENS": "length",
+    "CANCELLED": "cancelled",
+    "FAILED": "error",
+    "NONE": "stop",
+}
+
+
+@dataclass
+class _Job:
+    rid: int
+    tokens: np.ndarray[Any, np.dtype[np.int32]]
+    max_new: int
+    job: dict[str, Any]
+    stream: Any  # og.TokenizerStream
+    stops: StopFilter
+    completion_tokens: int = 0
+    request: Any = None  # og.Request; the reference keeps it alive (a dropped Request closes)
+    turn_id: int = 0
+    cancelled: bool = False
+
+
+@dataclass
+class _Out:
+    started: list[tuple[int, int]] = field(default_factory=list)
+    deltas: list[tuple[int, str]] = field(default_factory=list)
+    done: list[tuple[int, str, int, int, tuple[str, str, str] | None]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.started or self.deltas or self.done)
+
+    def finish(self, job: _Job, reason: str, error: tuple[str, str, str] | None = None) -> None:
+        tail = job.stops.flush()
+        if tail:
+            self.deltas.append((job.rid, tail))
+        self.done.append((job.rid, reason, len(job.tokens), job.completion_tokens, error))
+
+
+class _EngineLane:
+    """One og.Engine over the shared model; a static batch while it steps."""
+
+    def __init__(self, og: Any, model: Any, buffer_size: int) -> None:
+        self._og = og
+        self.engine = og.Engine(model)
+        self.buffer = self.engine.create_event_buffer(buffer_size)
+        self.jobs: dict[int, _Job] = {}  # id(og.Request) → job
+        self.stepping = False  # a batch has started; newcomers would wait for all of it
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.jobs)
+
+    def accepts(self, max_batch: int) -> bool:
+        return not self.stepping and len(self.jobs) < max_batch
+
+    def add(self, job: _Job) -> None:
+        og = self._og
+        request = self.engine.create_request()
+        options = og.TurnOptions(request)
+        options.set_max_generated_tokens(job.max_new)
+        spec = job.job
+        temperature = float(spec["temperature"])
+        options.set_temperature(temperature)
+        if temperature > 0:
+            options.set_do_sample(True)
+            if spec["top_p"] is not None:
+                options.set_top_p(float(spec["top_p"]))
+            if spec["top_k"] is not None:
+                options.set_top_k(int(spec["top_k"]))
+        if spec["stop"]:
+            options.set_stop_strings(list(spec["stop"]))
+        if spec["json_schema"]:
+            options.set_guidance("json_schema", spec["json_schema"])
+        job.turn_id = request.begin_turn(job.tokens, options)
+        job.request = request
+        self.jobs[id(request)] = job
+
+    def cancel(self, job: _Job) -> None:
+        job.cancelled = True
+        job.request.cancel_turn(job.turn_id)
+
+    def step(self, out: _Out) -> None:
+        self.stepping = True
+        for event in self.engine.run(self.buffer):
+            job = self.jobs.get(id(event.request))
+            if job is None:
+                continue
+            flags = event.flags.value
+            if flags & _TOKEN and not job.cancelled:
+                job.completion_tokens += 1
+                text = job.stops.feed(job.stream.decode(event.token))
+                if text:
+                    out.deltas.append((job.rid, text))
+            if flags & (_TURN_FINISHED | _FAILED):
+                del self.jobs[id(event.request)]
+                job.request.close()  # frees its KV blocks now
+                if job.cancelled:
+                    continue
+                if flags & _FAILED:
+                    out.finish(job, "error", ("internal", "", "the engine failed this request"))
+                else:
+                    out.finish(job, _FINISH.get(event.finish_reason.name, "stop"))
+        if not self.jobs:
+            self.stepping = False
+
+
+class _GeneratorLane:
+    """One seeded sampling request on the Generator API (reproducible on static engines)."""
+
+    def __init__(self, og: Any, model: Any, job: _Job) -> None:
+        spec = job.job
+        params = og.GeneratorParams(model)
+        options: dict[str, Any] = {
+            "max_length": len(job.tokens) + job.max_new,
+            "do_sample": True,
+            "temperature": float(spec["temperature"]),
+            "random_seed": int(spec["seed"]),
+        }
+        if spec["top_p"] is not None:
+            options["top_p"] = float(spec["top_p"])
+        options["top_k"] = int(spec["top_k"]) if spec["top_k"] is not None else 0
+        params.set_search_options(**options)
+        if spec["json_schema"]:
+            params.set_guidance("json_schema", spec["json_schema"])
+        self.job = job
+        self.generator = og.Generator(model, params)
+        self.generator.append_tokens(job.tokens)
+        self.done = False
+
+    def step(self, out: _Out, eos: frozenset[int]) -> None:
+        job, gen = self.job, self.generator
+        gen.generate_next_token()
+        token = int(gen.get_next_tokens()[0])
+        job.completion_tokens += 1
+        if token not in eos:
+            text = job.stops.feed(job.stream.decode(token))
+            if text:
+                out.deltas.append((job.rid, text))
+        if job.stops.stopped or token in eos:
+            self.done = True
+            out.finish(job, "stop")
+        elif gen.is_done() or job.completion_tokens >= job.max_new:
+            self.done = True
+            out.finish(job, "length")
+
+
+class _Worker:
+    def __init__(self, conn: Connection, spec: dict[str, Any]) -> None:
+        import onnxruntime_genai as og
+
+        self.og = og
+        self.conn = conn
+        self.spec = spec
+        loaded = load_model(
+            og,
+            Path(spec["model_dir"]),
+            spec["providers"],
+            spec["provider_options"],
+            int(spec["intra_op_threads"]),
+            int(spec["max_batch_size"]),
+        )
+        self.model = loaded.model
+        self.provider = loaded.provider
+        self.skipped = loaded.skipped
+        self.tokenizer = og.Tokenizer(self.model)
+        config = json.loads((Path(spec["model_dir"]) / "genai_config.json").read_text())
+        self.context_length = int(config["model"]["context_length"])
+        self.vocab_size = int(config["model"].get("vocab_size", 0))
+        eos = config["model"].get("eos_token_id", [])
+        self.eos = frozenset(eos if isinstance(eos, list) else [eos])
+        self.lanes = [_EngineLane(og, self.model, 256) for _ in range(int(spec["lanes"]))]
+        self.max_batch = int(self.lanes[0].engine.get_capabilities().configured_max_batch_size)
+        self.max_batch = min(self.max_batch, int(spec["max_batch_size"])) or 1
+        self.generators: list[_GeneratorLane] = []
+        self.waiting: deque[_Job] = deque()
+        self.where: dict[int, _EngineLane | _GeneratorLane | None] = {}
+        self.turn = 0
+        self.steps = 0
+        self.running = True
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "skipped": self.skipped,
+            "context_length": self.context_length,
+            "max_batch_size": self.max_batch,
+            "lanes": len(self.lanes),
+            "vocab_size": self.vocab_size,
+            "pid": os.getpid(),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "active": sum(len(lane.jobs) for lane in self.lanes) + len(self.generators),
+            "waiting": len(self.waiting),
+            "pending_in_engines": sum(lane.engine.has_pending_requests() for lane in self.lanes),
+            "busy_lanes": sum(lane.busy for lane in self.lanes),
+            "steps": self.steps,
+        }
+
+    # -- commands -------------------------------------------------------------------------
+
+    def handle(self, message: tuple[Any, ...], out: _Out) -> None:
+        kind = message[0]
+        if kind == "submit":
+            self.submit(int(message[1]), message[2], out)
+        elif kind == "cancel":
+            self.cancel(int(message[1]))
+        elif kind == "ping":
+            self.conn.send_bytes(encode(("pong", message[1], self.stats())))
+        elif kind == "shutdown":
+            self.running = False
+
+    def submit(self, rid: int, spec: dict[str, Any], out: _Out) -> None:
+        try:
+            prompt = self.tokenizer.apply_chat_template(
+                json.dumps([{"role": r, "content": c} for r, c in spec["messages"]]),
+                add_generation_prompt=True,
+            )
+            tokens = np.asarray(self.tokenizer.encode(prompt), dtype=np.int32)
+        except Exception:
+            out.done.append(
+                (
+                    rid,
+                    "error",
+                    0,
+                    0,
+                    (
+                        "invalid_argument",
+                        "messages",
+                        "the conversation could not be rendered with the model's chat template",
+                    ),
+                )
+            )
+            return
+        room = self.context_length - len(tokens)
+        if room < 1:
+            out.done.append(
+                (
+                    rid,
+                    "error",
+                    len(tokens),
+                    0,
+                    (
+                        "invalid_argument",
+                        "messages",
+                        f"the prompt is {len(tokens)} tokens; "
+                        f"the model's context is {self.context_length}",
+                    ),
+                )
+            )
+            return
+        max_new = room if spec["max_tokens"] is None else min(int(spec["max_tokens"]), room)
+        job = _Job(
+            rid, tokens, max_new, spec, self.tokenizer.create_stream(), StopFilter(spec["stop"])
+        )
+        out.started.append((rid, len(tokens)))
+        if spec["seed"] is not None and float(spec["temperature"]) > 0:
+            try:
+                lane = _GeneratorLane(self.og, self.model, job)
+            except Exception:
+                out.finish(
+                    job,
+                    "error",
+                    (
+                        "invalid_argument",
+                        "response_format.json_schema",
+                        "the JSON schema was refused by the guidance engine",
+                    ),
+                )
+                return
+            self.generators.append(lane)
+            self.where[rid] = lane
+            return
+        self.where[rid] = None
+        self.waiting.append(job)
+
+    def cancel(self, rid: int) -> None:
+        if rid not in self.where:
+            return
+        place = self.where.pop(rid)
+        if place is None:
+            self.waiting = deque(j for j in self.waiting if j.rid != rid)
+        elif isinstance(place, _GeneratorLane):
+            self.generators.remove(place)
+        else:
+            for job in place.jobs.values():
+                if job.rid == rid:
+                    place.cancel(job)
+                    break
+
+    def dispatch(self, out: _Out) -> None:
+        while self.waiting:
+            lane = next((ln for ln in self.lanes if ln.busy and ln.accepts(self.max_batch)), None)
+            lane = lane or next((ln for ln in self.lanes if not ln.busy), None)
+            if lane is None:
+                return
+            job = self.waiting.popleft()
+            try:
+                lane.add(job)
+            except Exception:
+                self.where.pop(job.rid, None)
+                field_name = "response_format.json_schema" if job.job["json_schema"] else "messages"
+                out.finish(
+                    job,
+                    "error",
+                    ("invalid_argument", field_name, "the engine refused this request"),
+                )
+                continue
+            self.where[job.rid] = lane
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def _runnable(self) -> list[Callable[[_Out], None]]:
+        steps: list[Callable[[_Out], None]] = [lane.step for lane in self.lanes if lane.busy]
+        steps.extend(functools.partial(g.step, eos=self.eos) for g in self.generators)
+        return steps
+
+    def run(self) -> None:
+        while self.running:
+            out = _Out()
+            idle = (
+                not self.waiting and not self.generators and not any(ln.busy for ln in self.lanes)
+            )
+            # Block only when there is nothing to step; otherwise take what has arrived.
+            if self.conn.poll(None if idle else 0):
+                while True:
+                    self.handle(decode(self.conn.recv_bytes()), out)
+                    if not self.running or not self.conn.poll(0):
+                        break
+            if not self.running:
+                break
+            self.dispatch(out)
+            runnable = self._runnable()
+            if runnable:
+                runnable[self.turn % len(runnable)](out)
+                self.turn += 1
+                self.steps += 1
+                for job_rid in [rid for rid, *_ in out.done]:
+                    self.where.pop(job_rid, None)
+                self.generators = [g for g in self.generators if not g.done]
+            if out:
+                self.conn.send_bytes(encode(("step", out.started, out.deltas, out.done)))
+
+
+def worker_main(conn: Connection) -> None:
+    """Serve the daemon over ``conn``; the first message is ("spec", settings)."""
+    # The daemon handles Ctrl-C and SIGTERM and shuts the worker down over the pipe.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    first = decode(conn.recv_bytes())
+    if first[0] != "spec":
+        return
+    spec: dict[str, Any] = first[1]
+    try:
+        worker = _Worker(conn, spec)
+    except ModelLoadError as exc:
+        conn.send_bytes(encode(("load_failed", str(exc))))
+        return
+    except Exception as exc:
+        conn.send_bytes(encode(("load_failed", f"{type(exc).__name__}: {str(exc)[:300]}")))
+        return
+    conn.send_bytes(encode(("ready", worker.info())))
+    # EOF or a broken pipe: the daemon went away and nothing is left to serve.
+    with contextlib.suppress(EOFError, BrokenPipeError, ConnectionResetError):
+        worker.run()
+
+
+if __name__ == "__main__":
+    import sys
+
+    worker_main(Connection(int(sys.argv[1])))
