@@ -1,0 +1,65 @@
+"""Routing: the signed escalation policy, cloud budgets and the pure :func:`decide`."""
+
+from edge_agent.router._budget import BudgetLedger, BudgetUsage, Reservation
+from edge_agent.router._decide import (
+    BLOCKERS,
+    NEEDS,
+    BudgetView,
+    Decision,
+    PressureView,
+    RouteRequest,
+    budget_allows,
+    decide,
+    resolve_data_class,
+)
+from edge_agent.router._document import PolicyDocument, parse_policy
+from edge_agent.router._local import (
+    LocalPolicyOverrides,
+    PolicyConfig,
+    merge_policy,
+    parse_policy_config,
+)
+from edge_agent.router._model import (
+    DATA_CLASSES,
+    Budgets,
+    ClientRule,
+    EffectivePolicy,
+    ModelPrice,
+    TimeWindow,
+    WindowSet,
+    class_rank,
+)
+from edge_agent.router._policystore import POLICY_KIND, PolicyStore, sign_policy, verify_policy
+
+__all__ = [
+    "BLOCKERS",
+    "DATA_CLASSES",
+    "NEEDS",
+    "POLICY_KIND",
+    "BudgetLedger",
+    "BudgetUsage",
+    "BudgetView",
+    "Budgets",
+    "ClientRule",
+    "Decision",
+    "EffectivePolicy",
+    "LocalPolicyOverrides",
+    "ModelPrice",
+    "PolicyConfig",
+    "PolicyDocument",
+    "PolicyStore",
+    "PressureView",
+    "Reservation",
+    "RouteRequest",
+    "TimeWindow",
+    "WindowSet",
+    "budget_allows",
+    "class_rank",
+    "decide",
+    "merge_policy",
+    "parse_policy",
+    "parse_policy_config",
+    "resolve_data_class",
+    "sign_policy",
+    "verify_policy",
+]
