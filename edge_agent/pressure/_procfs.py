@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from edge_agent.pressure._types import MemoryReading, PsiReadings, PsiResource, PsiStats
 
 __all__ = [
+    "MEMINFO_KEYS",
     "CgroupMemory",
     "CpuTimes",
     "cpu_percent_between",
@@ -99,12 +100,21 @@ def read_psi(proc_root: str) -> PsiReadings:
     return PsiReadings(cpu=one("cpu"), memory=one("memory"), io=one("io"))
 
 
-def parse_meminfo(text: str) -> dict[str, int]:
-    """``/proc/meminfo`` as bytes per key (the file says kB and means KiB)."""
+MEMINFO_KEYS = frozenset(
+    ("MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached", "SwapTotal", "SwapFree")
+)
+
+
+def parse_meminfo(text: str, keys: frozenset[str] | None = None) -> dict[str, int]:
+    """``/proc/meminfo`` as bytes per key (the file says kB and means KiB).
+
+    With ``keys`` only those are parsed, and parsing stops once all were seen (they sit in
+    the first twenty lines), which is most of the cost of a sample saved.
+    """
     out: dict[str, int] = {}
     for line in text.splitlines():
         key, sep, rest = line.partition(":")
-        if not sep:
+        if not sep or (keys is not None and key not in keys):
             continue
         parts = rest.split()
         if not parts:
@@ -114,6 +124,8 @@ def parse_meminfo(text: str) -> dict[str, int]:
         except ValueError:
             continue
         out[key] = value * 1024 if len(parts) > 1 and parts[1] == "kB" else value
+        if keys is not None and len(out) == len(keys):
+            break
     return out
 
 
@@ -182,7 +194,7 @@ def read_memory(proc_root: str, cgroup: CgroupMemory | None) -> MemoryReading | 
     text = read_small(f"{proc_root}/meminfo")
     if text is None:
         return None
-    reading = memory_from_meminfo(parse_meminfo(text))
+    reading = memory_from_meminfo(parse_meminfo(text, MEMINFO_KEYS))
     if reading is None or cgroup is None:
         return reading
     limit = _read_int(cgroup.limit_path)
