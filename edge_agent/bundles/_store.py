@@ -1,0 +1,166 @@
+"""A/B slots on disk, the ``current`` pointer, release counters and crash recovery.
+
+Layout under ``<state>/bundles``::
+
+    slots/a/  slots/b/    complete bundle folders (the model dir handed to the engine)
+    staging/<random>/     an archive being extracted; never referenced by the pointer
+    trash/<random>/       folders being deleted (a rename first, so deletion is atomic)
+    uploads/              partial uploads (see _upload.py)
+    current.json          {"active", "previous", "state": "committed"|"trial"}
+    releases.json         {bundle name: highest committed release}  (anti-rollback)
+
+Only ``current.json`` decides what is active; it is replaced with write-temp + fsync +
+rename + fsync(dir). A pointer in state ``trial`` means the health probe never confirmed the
+switch: recovery goes back to ``previous``. Anything a crash leaves behind (staging, trash,
+temp files, a slot the pointer does not name) is removed by ``recover``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from edge_agent.bundles._fsutil import atomic_write, fsync_dir, remove_tree
+from edge_agent.errors import BundleError
+
+__all__ = ["SLOTS", "Pointer", "SlotStore"]
+
+SLOTS = ("a", "b")
+PointerState = Literal["committed", "trial"]
+
+
+@dataclass(frozen=True, slots=True)
+class Pointer:
+    active: str | None = None
+    previous: str | None = None
+    state: PointerState = "committed"
+
+    def other(self) -> str:
+        """The slot a new bundle goes into: never the active one."""
+        return "b" if self.active == "a" else "a"
+
+
+class SlotStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.slots = root / "slots"
+        self.staging = root / "staging"
+        self.trash = root / "trash"
+        self.uploads = root / "uploads"
+        self._pointer = root / "current.json"
+        self._releases = root / "releases.json"
+
+    def ensure(self) -> None:
+        for d in (self.root, self.slots, self.staging, self.trash, self.uploads):
+            d.mkdir(parents=True, exist_ok=True, mode=0o750)
+
+    def slot_dir(self, slot: str) -> Path:
+        if slot not in SLOTS:
+            raise BundleError(f"unknown slot {slot!r}")
+        return self.slots / slot
+
+    # -- pointer -------------------------------------------------------------------------
+    def read_pointer(self) -> Pointer:
+        try:
+            raw = json.loads(self._pointer.read_bytes())
+        except FileNotFoundError:
+            return Pointer()
+        except (OSError, ValueError):
+            # Atomic replace makes a torn pointer impossible; garbage means outside meddling.
+            return Pointer()
+        active, previous, state = raw.get("active"), raw.get("previous"), raw.get("state")
+        if active not in (*SLOTS, None) or previous not in (*SLOTS, None) or active == previous:
+            return Pointer()
+        if state not in ("committed", "trial"):
+            return Pointer()
+        return Pointer(active, previous if active else None, state)
+
+    def write_pointer(self, pointer: Pointer) -> None:
+        data = {"active": pointer.active, "previous": pointer.previous, "state": pointer.state}
+        atomic_write(self._pointer, json.dumps(data).encode())
+
+    # -- anti-rollback -------------------------------------------------------------------
+    def releases(self) -> dict[str, int]:
+        try:
+            raw = json.loads(self._releases.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            # Never fall back to "nothing installed": that would re-open every rollback.
+            raise BundleError("the release counter file is unreadable; refusing installs") from exc
+        return {str(k): int(v) for k, v in raw.items()}
+
+    def record_release(self, name: str, release: int) -> None:
+        current = self.releases()
+        if release > current.get(name, 0):
+            current[name] = release
+            atomic_write(self._releases, json.dumps(current, sort_keys=True).encode())
+
+    # -- slots ---------------------------------------------------------------------------
+    def new_staging_dir(self) -> Path:
+        self.ensure()
+        return self.staging / uuid.uuid4().hex
+
+    def discard(self, path: Path) -> None:
+        """Rename into trash (atomic), then delete: a crash never leaves a half-deleted slot."""
+        if not path.exists() and not path.is_symlink():
+            return
+        target = self.trash / uuid.uuid4().hex
+        os.replace(path, target)
+        fsync_dir(path.parent)
+        remove_tree(target)
+
+    def place(self, staged: Path, pointer: Pointer) -> tuple[str, Pointer]:
+        """Move a verified staging folder into the inactive slot; returns (slot, pointer)."""
+        slot = pointer.other()
+        if pointer.previous == slot:
+            # The old rollback target is about to be overwritten: forget it first.
+            pointer = Pointer(pointer.active, None, pointer.state)
+            self.write_pointer(pointer)
+        self.discard(self.slot_dir(slot))
+        os.replace(staged, self.slot_dir(slot))
+        fsync_dir(self.slots)
+        return slot, pointer
+
+    def recover(self) -> Pointer:
+        """Clean what a crash left and settle the pointer; the caller verifies the result."""
+        self.ensure()
+        for d in (self.staging, self.trash):
+            for p in d.iterdir():
+                remove_tree(p)
+        for p in self.root.glob(".*.tmp"):
+            p.unlink(missing_ok=True)
+        pointer = self.read_pointer()
+        if pointer.state == "trial":
+            # The switch was never confirmed by a health probe: the old bundle wins; the
+            # unconfirmed one stays as the rollback target (a rollback re-verifies and probes).
+            if pointer.previous:
+                pointer = Pointer(pointer.previous, pointer.active, "committed")
+            else:
+                pointer = Pointer()
+            self.write_pointer(pointer)
+        for slot in SLOTS:
+            if slot not in (pointer.active, pointer.previous):
+                self.discard(self.slot_dir(slot))
+        for named in (pointer.active, pointer.previous):
+            if named and not self.slot_dir(named).is_dir():
+                pointer = self._forget(pointer, named)
+        return pointer
+
+    def _forget(self, pointer: Pointer, slot: str) -> Pointer:
+        if pointer.active == slot:
+            pointer = Pointer(pointer.previous, None, "committed")
+        else:
+            pointer = Pointer(pointer.active, None, pointer.state)
+        self.write_pointer(pointer)
+        return pointer
+
+    def forget(self, pointer: Pointer, slot: str) -> Pointer:
+        """Drop a slot that failed verification at start-up."""
+        pointer = self._forget(pointer, slot)
+        self.discard(self.slot_dir(slot))
+        return pointer
