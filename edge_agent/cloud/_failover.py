@@ -1,0 +1,130 @@
+"""Splice a cloud stream and a local fallback into one stream that never hangs.
+
+* The cloud fails (any ``CloudError``, or no first token within ``first_token_timeout_s``)
+  before its first token: the local stream is started from scratch and the client sees only
+  local chunks. Nothing was shown, so this is transparent.
+* The cloud fails after its first token (an error, a cut, or no chunk within
+  ``inter_chunk_timeout_s``): mode ``continue_local`` starts the local stream with the text
+  produced so far (the engine continues the assistant turn from it); mode ``fail`` ends the
+  stream with ``CloudStreamInterrupted`` so the client knows the answer is incomplete.
+
+Each chunk keeps its ``source``, so provenance stays exact after a switch. The cloud
+iterator is always closed (its connection released) before the local one starts. Errors
+that are not ``CloudError`` (bugs) propagate unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from edge_agent.cloud._config import FailoverMode
+from edge_agent.cloud._errors import (
+    CloudRouterError,
+    CloudStreamCut,
+    CloudStreamInterrupted,
+    CloudTimeout,
+)
+from edge_agent.cloud._types import StreamChunk
+from edge_agent.errors import CloudError
+
+__all__ = ["FailoverEvent", "LocalStreamFactory", "failover_stream"]
+
+LocalStreamFactory = Callable[[str], AsyncIterator[StreamChunk]]
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverEvent:
+    """What happened, for the audit log and metrics (no answer text)."""
+
+    stage: Literal["before_first_token", "mid_stream"]
+    kind: str
+    action: Literal["local", "fail"]
+    cloud_chunks: int
+    cloud_chars: int
+
+
+def _kind(error: CloudError) -> str:
+    return error.kind if isinstance(error, CloudRouterError) else "cloud"
+
+
+async def _aclose(iterator: AsyncIterator[StreamChunk]) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def failover_stream(
+    cloud: AsyncIterator[StreamChunk],
+    local: LocalStreamFactory,
+    *,
+    mode: FailoverMode,
+    first_token_timeout_s: float,
+    inter_chunk_timeout_s: float,
+    on_failover: Callable[[FailoverEvent], None] | None = None,
+) -> AsyncIterator[StreamChunk]:
+    """One stream from ``cloud``, falling back to ``local(text_so_far)`` as described above.
+
+    The local stream is not put under these deadlines: the engine supervisor and the call's
+    own deadline govern it.
+    """
+    loop = asyncio.get_running_loop()
+    first_deadline = loop.time() + first_token_timeout_s
+    parts: list[str] = []
+    failure: CloudError | None = None
+    try:
+        while True:
+            limit = first_deadline if not parts else loop.time() + inter_chunk_timeout_s
+            try:
+                async with asyncio.timeout_at(limit):
+                    chunk = await anext(cloud)
+            except StopAsyncIteration:
+                failure = CloudStreamCut("the cloud stream ended without finishing")
+                break
+            except TimeoutError:
+                failure = CloudTimeout(
+                    "the cloud gave no first token in time"
+                    if not parts
+                    else "the cloud stream stalled between chunks"
+                )
+                break
+            except CloudError as exc:
+                failure = exc
+                break
+            if chunk.delta:
+                parts.append(chunk.delta)
+            yield chunk
+            if chunk.finish_reason is not None:
+                return
+    finally:
+        await _aclose(cloud)
+
+    assert failure is not None  # every path out of the loop without return sets it
+    text = "".join(parts)
+    stage: Literal["before_first_token", "mid_stream"] = (
+        "mid_stream" if parts else "before_first_token"
+    )
+    action: Literal["local", "fail"] = "fail" if parts and mode == "fail" else "local"
+    if on_failover is not None:
+        on_failover(
+            FailoverEvent(
+                stage=stage,
+                kind=_kind(failure),
+                action=action,
+                cloud_chunks=len(parts),
+                cloud_chars=len(text),
+            )
+        )
+    if action == "fail":
+        raise CloudStreamInterrupted(
+            f"the cloud answer was interrupted after {len(text)} characters "
+            f"({_kind(failure)}); it is incomplete"
+        ) from failure
+    fallback = local(text)
+    try:
+        async for chunk in fallback:
+            yield chunk
+    finally:
+        await _aclose(fallback)

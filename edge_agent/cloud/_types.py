@@ -1,0 +1,99 @@
+"""Value types shared by the router client, the failover helper and their callers.
+
+``StreamChunk`` is the one chunk type of a generated answer, whichever side produced it: the
+engine adapter builds ``source="local"`` chunks, the router client ``source="cloud"`` ones,
+and the failover helper splices them into one stream. Only the last chunk of a stream has
+``finish_reason`` (and ``usage`` when known); earlier ones carry text ``delta``s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from edge_agent.errors import InvalidArgument
+
+__all__ = ["ChatMessage", "CloudChatRequest", "Source", "StreamChunk", "Usage"]
+
+Source = Literal["local", "cloud"]
+
+_ROLES = frozenset({"system", "user", "assistant"})
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one answer, as the producer reported them."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    def __post_init__(self) -> None:
+        if self.prompt_tokens < 0 or self.completion_tokens < 0:
+            raise ValueError("token counts must not be negative")
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChunk:
+    """One piece of a streamed answer and where it was produced.
+
+    ``model`` and ``provider`` are provenance: for the cloud, the model the router named and
+    the provider it reported in ``x-inference-provider``; for local, the bundle's model and
+    version and the execution provider.
+    """
+
+    delta: str
+    source: Source
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    model: str | None = None
+    provider: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in ("local", "cloud"):
+            raise ValueError(f"unknown chunk source {self.source!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One message of an OpenAI-shaped conversation."""
+
+    role: str
+    content: str
+
+    def __post_init__(self) -> None:
+        if self.role not in _ROLES:
+            raise InvalidArgument("messages.role", f"must be one of {', '.join(sorted(_ROLES))}")
+
+
+@dataclass(frozen=True, slots=True)
+class CloudChatRequest:
+    """What the router client sends. ``model`` None means the configured default.
+
+    ``json_schema`` is a JSON Schema document as text; it becomes an OpenAI
+    ``response_format`` of type ``json_schema``.
+    """
+
+    messages: tuple[ChatMessage, ...]
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = field(default=())
+    seed: int | None = None
+    json_schema: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.messages:
+            raise InvalidArgument("messages", "must not be empty")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise InvalidArgument("max_tokens", "must be at least 1")
+        if self.temperature is not None and not 0.0 <= self.temperature <= 2.0:
+            raise InvalidArgument("temperature", "must be between 0 and 2")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise InvalidArgument("top_p", "must be in (0, 1]")
+        if len(self.stop) > 4:
+            raise InvalidArgument("stop", "at most 4 stop strings")
