@@ -36,7 +36,10 @@ class TlsConfig:
     key_file: Path
     # CAs whose client certificates the box accepts (operator-held CA, see SECURITY.md).
     client_ca_files: tuple[Path, ...] = ()
-    # True: every TLS connection must present a client certificate (tokens then ride on mTLS).
+    # Port of the mTLS listener beside each LAN address (client certificate required);
+    # only bound when client_ca_files is set. 0 picks a free port (tests).
+    mtls_port: int = 50052
+    # True: the main TLS port requires client certificates too (then no separate mTLS port).
     require_client_cert: bool = False
     # Plaintext on non-loopback addresses; never the default.
     allow_plaintext: bool = False
@@ -108,6 +111,7 @@ def parse_tls_config(reader: TableReader, *, state_dir: Path) -> TlsConfig:
         cert_file=cert_file,
         key_file=key_file,
         client_ca_files=ca_files,
+        mtls_port=reader.integer("mtls_port", 50052, min_value=0, max_value=65535),
         require_client_cert=reader.boolean("require_client_cert", False),
         allow_plaintext=reader.boolean("allow_plaintext", False),
         addresses=reader.string_list("addresses", ()),

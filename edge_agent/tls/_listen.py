@@ -3,6 +3,12 @@
 Rule: TLS on every non-loopback address; plaintext only on loopback or when
 ``tls.allow_plaintext = true``; the box's own administrator uses a Unix socket whose file
 mode and group are its access control.
+
+gRPC Python can only *require* client certificates or not ask for them at all (there is no
+"optional, verified when presented" mode). So a LAN address gets two listeners: ``tls``
+(server-authenticated; clients prove themselves with tokens) on the configured port, and
+``mtls`` (client certificate required and verified against ``tls.client_ca_files``) on
+``tls.mtls_port``: the port operators use.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ __all__ = [
     "server_credentials",
 ]
 
-Security = Literal["tls", "plaintext", "unix"]
+Security = Literal["tls", "mtls", "plaintext", "unix"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +55,16 @@ class BoundListener:
     port: int  # the bound TCP port (useful with port 0); 0 for Unix sockets
 
 
-def _split_host(address: str) -> str:
-    if address.startswith("["):
-        return address[1:].split("]", 1)[0]
-    host, sep, _port = address.rpartition(":")
-    if not sep:
+def _split(address: str) -> tuple[str, str]:
+    """``(host, port)``; IPv6 hosts keep no brackets."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
         raise ConfigError(f"listen address {address!r} needs a port (host:port)")
-    return host
+    return host.removeprefix("[").removesuffix("]"), port
+
+
+def _split_host(address: str) -> str:
+    return _split(address)[0]
 
 
 def is_loopback_address(address: str) -> bool:
@@ -72,24 +81,30 @@ def is_loopback_address(address: str) -> bool:
 def listen_plan(tls: TlsConfig, addresses: Sequence[str]) -> list[Listener]:
     """Decide each address's transport, plus the admin Unix socket when enabled."""
     plan: list[Listener] = []
+    with_mtls = bool(tls.client_ca_files) and not tls.require_client_cert
     for address in addresses:
         if address.startswith("unix:"):
             plan.append(Listener(address, "unix"))
         elif tls.allow_plaintext or is_loopback_address(address):
             plan.append(Listener(address, "plaintext"))
         else:
-            plan.append(Listener(address, "tls"))
+            plan.append(Listener(address, "mtls" if tls.require_client_cert else "tls"))
+            if with_mtls:
+                host = _split_host(address)
+                host = f"[{host}]" if ":" in host else host
+                plan.append(Listener(f"{host}:{tls.mtls_port}", "mtls"))
     if tls.admin_socket_enabled:
         plan.append(Listener(f"unix:{tls.admin_socket}", "unix"))
     return plan
 
 
-def server_credentials(tls: TlsConfig, device: DeviceCertificate) -> grpc.ServerCredentials:
-    """TLS credentials with the device certificate.
+def server_credentials(
+    tls: TlsConfig, device: DeviceCertificate, *, require_client_cert: bool
+) -> grpc.ServerCredentials:
+    """TLS credentials with the device certificate, requiring a client certificate or not.
 
-    Client certificates are requested; they are *required* only with
-    ``tls.require_client_cert``. Either way the auth interceptor verifies a presented one
-    against ``tls.client_ca_files`` (gRPC does not when it is optional).
+    When required, gRPC verifies it against ``tls.client_ca_files``; the auth interceptor
+    verifies it again and reads the role (and checks revocation) from it.
     """
     roots = b""
     for path in tls.client_ca_files:
@@ -99,12 +114,12 @@ def server_credentials(tls: TlsConfig, device: DeviceCertificate) -> grpc.Server
             raise ConfigError(
                 f"tls.client_ca_files: cannot read {path.name} ({exc.strerror})"
             ) from exc
-    if tls.require_client_cert and not roots:
-        raise ConfigError("tls.require_client_cert needs tls.client_ca_files")
+    if require_client_cert and not roots:
+        raise ConfigError("client certificates need tls.client_ca_files")
     return grpc.ssl_server_credentials(
         [(device.key_pem, device.cert_pem)],
-        root_certificates=roots or None,
-        require_client_auth=tls.require_client_cert,
+        root_certificates=roots if require_client_cert else None,
+        require_client_auth=require_client_cert,
     )
 
 
@@ -124,15 +139,22 @@ def _prepare_unix_path(path: Path) -> None:
 def add_listeners(
     server: grpc.aio.Server,
     plan: Sequence[Listener],
-    credentials: grpc.ServerCredentials | None,
+    tls: TlsConfig,
+    device: DeviceCertificate | None,
 ) -> list[BoundListener]:
     """Bind every planned listener on ``server`` (before ``server.start()``)."""
     bound: list[BoundListener] = []
+    creds: dict[bool, grpc.ServerCredentials] = {}
     for listener in plan:
-        if listener.security == "tls":
-            if credentials is None:
-                raise ConfigError(f"{listener.address} needs TLS but no credentials were given")
-            port = server.add_secure_port(listener.address, credentials)
+        if listener.security in ("tls", "mtls"):
+            if device is None:
+                raise ConfigError(
+                    f"{listener.address} needs TLS but there is no device certificate"
+                )
+            need_cert = listener.security == "mtls"
+            if need_cert not in creds:
+                creds[need_cert] = server_credentials(tls, device, require_client_cert=need_cert)
+            port = server.add_secure_port(listener.address, creds[need_cert])
         else:
             if listener.security == "unix":
                 _prepare_unix_path(Path(listener.address.removeprefix("unix:")))
