@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.bundles._fsutil import atomic_write, remove_tree
-from edge_agent.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from edge_agent.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 
 __all__ = ["UploadHeader", "UploadReceiver", "UploadSession"]
 
@@ -56,6 +56,8 @@ class UploadReceiver:
         self.chunk_limit = chunk_limit
         self.free_space_margin = free_space_margin
         self._free_bytes = free_bytes
+        # One open stream per upload id: a dropped stream's handler may still be writing.
+        self._open_ids: set[str] = set()
 
     def _paths(self, upload_id: str) -> tuple[Path, Path]:
         if not _ID_RE.match(upload_id):
@@ -72,6 +74,8 @@ class UploadReceiver:
 
     def open(self, header: UploadHeader) -> UploadSession:
         part, meta = self._paths(header.upload_id)
+        if header.upload_id in self._open_ids:
+            raise Unavailable("the previous stream of this upload is still closing; retry")
         if header.total_size <= 0:
             raise InvalidArgument("total_size", "must be declared and > 0")
         if header.total_size > self.max_bytes:
@@ -100,6 +104,7 @@ class UploadReceiver:
         if not current:
             atomic_write(meta, declared)
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        self._open_ids.add(header.upload_id)
         return UploadSession(self, header.upload_id, fd, current, header.total_size, digest)
 
     def discard(self, upload_id: str) -> None:
@@ -156,9 +161,12 @@ class UploadSession:
     def close(self) -> None:
         """Keep what arrived (fsynced) so the client can resume."""
         if self._fd is not None:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
+            try:
+                os.fsync(self._fd)
+                os.close(self._fd)
+            finally:
+                self._fd = None
+                self._receiver._open_ids.discard(self.upload_id)
 
     def finish(self) -> Path:
         """Check size and digest; return the complete archive (the caller consumes it)."""
