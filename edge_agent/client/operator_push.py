@@ -6,11 +6,11 @@ calls these functions with bytes and gets plain values back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from edge_agent._operator_cli import OperatorTarget
 from edge_agent._proto.edge_agent.v1 import operator_pb2_grpc, policy_pb2
 from edge_agent.errors import (
     ConfigError,
@@ -22,17 +22,6 @@ from edge_agent.errors import (
 )
 
 __all__ = ["OperatorTarget", "get_device_identity", "push_credentials", "push_policy"]
-
-
-@dataclass(frozen=True, slots=True)
-class OperatorTarget:
-    address: str  # host:port
-    ca_cert: Path | None = None
-    client_cert: Path | None = None
-    client_key: Path | None = None
-    operator_token_file: Path | None = None
-    insecure: bool = False  # plaintext, for loopback tests and labs only
-    timeout_s: float = 30.0
 
 
 def _read(path: Path | None, what: str) -> bytes | None:

@@ -6,6 +6,7 @@ the only holder of the token, handed to the cloud client through
 :meth:`CredentialStore.token_provider` as a masked :class:`SecretToken`.
 """
 
+from edge_agent.credentials._cli import add_credentials_commands, add_device_key_command
 from edge_agent.credentials._config import (
     DEFAULT_STATE_DIR,
     CredentialsConfig,
@@ -34,6 +35,8 @@ __all__ = [
     "EnvelopeInfo",
     "OpenedCredential",
     "SecretToken",
+    "add_credentials_commands",
+    "add_device_key_command",
     "device_id_for",
     "inspect_envelope",
     "load_device_public_key",

@@ -135,11 +135,11 @@ class CredentialStore:
         current = self._valid()
         return None if current is None else current.info.scope
 
-    def token_provider(self) -> Callable[[], SecretToken]:
-        """The callable the cloud client asks for the token at each request.
+    def secret_provider(self) -> Callable[[], SecretToken]:
+        """A callable returning the masked token; raises :class:`CredentialError` when none.
 
-        It raises :class:`CredentialError` once the envelope expired or was removed, so a
-        token is never used past its expiry even in a long-running daemon.
+        It is asked at each request, so a token is never used past its expiry even in a
+        long-running daemon.
         """
 
         def provide() -> SecretToken:
@@ -147,5 +147,18 @@ class CredentialStore:
             if current is None:
                 raise CredentialError("no valid cloud credential is installed")
             return current.token
+
+        return provide
+
+    def token_provider(self) -> Callable[[], str | None]:
+        """The ``edge_agent.cloud.TokenProvider`` for the router client.
+
+        Returns the bare token only at the moment the client builds its Authorization
+        header, and None while no unexpired credential is installed.
+        """
+
+        def provide() -> str | None:
+            current = self._valid()
+            return None if current is None else current.token.reveal()
 
         return provide

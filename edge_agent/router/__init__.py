@@ -1,6 +1,7 @@
 """Routing: the signed escalation policy, cloud budgets and the pure :func:`decide`."""
 
 from edge_agent.router._budget import BudgetLedger, BudgetUsage, Reservation
+from edge_agent.router._cli import add_policy_commands, describe_policy
 from edge_agent.router._decide import (
     BLOCKERS,
     NEEDS,
@@ -53,9 +54,11 @@ __all__ = [
     "RouteRequest",
     "TimeWindow",
     "WindowSet",
+    "add_policy_commands",
     "budget_allows",
     "class_rank",
     "decide",
+    "describe_policy",
     "merge_policy",
     "parse_policy",
     "parse_policy_config",

@@ -1,0 +1,24 @@
+"""The tamper-evident, hash-chained audit log of routing decisions."""
+
+from edge_agent.audit._cli import add_audit_commands
+from edge_agent.audit._config import AuditConfig, parse_audit_config
+from edge_agent.audit._log import (
+    GENESIS_HASH,
+    AuditEntry,
+    AuditLog,
+    AuditRecord,
+    VerifyResult,
+    record_hash,
+)
+
+__all__ = [
+    "GENESIS_HASH",
+    "AuditConfig",
+    "AuditEntry",
+    "AuditLog",
+    "AuditRecord",
+    "VerifyResult",
+    "add_audit_commands",
+    "parse_audit_config",
+    "record_hash",
+]

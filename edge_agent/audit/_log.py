@@ -1,0 +1,231 @@
+"""The tamper-evident audit log: append-only, hash-chained, SQLite WAL with synchronous=FULL.
+
+Each record stores ``prev_hash`` (the previous record's hash; 64 zeros for the first) and
+``hash = sha256(canonical JSON of every field, seq and prev_hash included)``. Editing,
+deleting or reordering any record breaks the chain at that record, which :meth:`verify`
+reports. SQLite gives crash safety: a record whose append returned survives kill -9 and
+power loss (FULL syncs the WAL at each commit). Triggers refuse UPDATE and DELETE, which
+stops accidents; someone with write access to the file can still drop them, and then the
+chain is what shows it. Truncating the newest records is not visible in the chain alone:
+ship :meth:`head` off the box (metrics, status) to anchor it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["GENESIS_HASH", "AuditEntry", "AuditLog", "AuditRecord", "VerifyResult", "record_hash"]
+
+GENESIS_HASH = "0" * 64
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY,
+    time TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    data_class TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    tokens_in INTEGER NOT NULL,
+    tokens_out INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    model TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    prompt TEXT,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS records_no_update BEFORE UPDATE ON records
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS records_no_delete BEFORE DELETE ON records
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"""
+_COLUMNS = (
+    "seq, time, request_id, client_id, data_class, destination, reason, tokens_in, "
+    "tokens_out, cost_usd, model, provider, prompt, prev_hash, hash"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One routing decision as the caller reports it."""
+
+    request_id: str
+    client_id: str
+    data_class: str
+    destination: str  # local | cloud | reject
+    reason: str
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    model: str = ""  # local model+version, or the cloud model
+    provider: str = ""  # local execution provider, or the cloud provider
+    prompt: str | None = None  # kept only when [audit] include_prompts = true
+    time: datetime | None = None  # None: now
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    seq: int
+    time: str
+    request_id: str
+    client_id: str
+    data_class: str
+    destination: str
+    reason: str
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float
+    model: str
+    provider: str
+    prompt: str | None
+    prev_hash: str
+    hash: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    ok: bool
+    records: int  # records checked (up to the first broken one)
+    head_hash: str
+    first_broken_seq: int | None = None
+    problem: str | None = None
+
+
+def record_hash(fields: dict[str, Any]) -> str:
+    """sha256 over the canonical JSON of a record's fields (``hash`` itself excluded)."""
+    body = {k: v for k, v in fields.items() if k != "hash"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class AuditLog:
+    def __init__(self, path: Path, *, include_prompts: bool = False) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._include_prompts = include_prompts
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def append(self, entry: AuditEntry) -> AuditRecord:
+        """Append one record durably; returns it with its seq and hash. Blocks for an fsync."""
+        when = (entry.time or datetime.now(UTC)).astimezone(UTC)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")  # serialises appenders across processes
+            try:
+                last = self._db.execute(
+                    "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1"
+                ).fetchone()
+                seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS_HASH)
+                fields: dict[str, Any] = {
+                    "seq": seq,
+                    "time": when.isoformat(timespec="microseconds"),
+                    "request_id": entry.request_id,
+                    "client_id": entry.client_id,
+                    "data_class": entry.data_class,
+                    "destination": entry.destination,
+                    "reason": entry.reason,
+                    "tokens_in": int(entry.tokens_in),
+                    "tokens_out": int(entry.tokens_out),
+                    "cost_usd": float(entry.cost_usd),
+                    "model": entry.model,
+                    "provider": entry.provider,
+                    "prompt": entry.prompt if self._include_prompts else None,
+                    "prev_hash": prev,
+                }
+                fields["hash"] = record_hash(fields)
+                record = AuditRecord(**fields)
+                self._db.execute(
+                    f"INSERT INTO records ({_COLUMNS}) VALUES ({', '.join('?' * 15)})",  # noqa: S608
+                    tuple(fields.values()),
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return record
+
+    async def append_async(self, entry: AuditEntry) -> AuditRecord:
+        """:meth:`append` off the event loop (the commit waits for the disk)."""
+        return await asyncio.to_thread(self.append, entry)
+
+    def _rows(self, query: str, args: tuple[Any, ...]) -> Iterator[AuditRecord]:
+        with self._lock:
+            rows = self._db.execute(query, args).fetchall()
+        for row in rows:
+            yield AuditRecord(*row)
+
+    def records(
+        self, *, after_seq: int = 0, limit: int | None = None, client_id: str | None = None
+    ) -> list[AuditRecord]:
+        where = "seq > ?" + (" AND client_id = ?" if client_id is not None else "")
+        args: tuple[Any, ...] = (after_seq,) if client_id is None else (after_seq, client_id)
+        query = f"SELECT {_COLUMNS} FROM records WHERE {where} ORDER BY seq"  # noqa: S608
+        if limit is not None:
+            query += f" LIMIT {int(limit)}"
+        return list(self._rows(query, args))
+
+    def tail(self, limit: int) -> list[AuditRecord]:
+        query = f"SELECT {_COLUMNS} FROM records ORDER BY seq DESC LIMIT ?"  # noqa: S608
+        return list(reversed(list(self._rows(query, (limit,)))))
+
+    def head(self) -> tuple[int, str]:
+        """(last seq, last hash): publish it elsewhere to detect truncation."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+        return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
+
+    def verify(self, *, batch: int = 5000) -> VerifyResult:
+        """Recompute the whole chain; report the first record that does not fit."""
+        prev, expected_seq, checked = GENESIS_HASH, 1, 0
+        after = 0
+        while True:
+            rows = self.records(after_seq=after, limit=batch)
+            if not rows:
+                return VerifyResult(True, checked, prev)
+            for r in rows:
+                problem = None
+                if r.seq != expected_seq:
+                    problem = f"record {expected_seq} is missing"
+                elif r.prev_hash != prev:
+                    problem = "prev_hash does not match the previous record"
+                elif record_hash(asdict(r)) != r.hash:
+                    problem = "content does not match its hash"
+                if problem is not None:
+                    return VerifyResult(False, checked, prev, min(r.seq, expected_seq), problem)
+                prev, expected_seq, checked = r.hash, r.seq + 1, checked + 1
+            after = rows[-1].seq
+
+    def export(self, out: IO[str], *, after_seq: int = 0) -> int:
+        """Write records as JSON lines (with their hashes, so the chain is checkable offline)."""
+        count = 0
+        while True:
+            rows = self.records(after_seq=after_seq, limit=5000)
+            if not rows:
+                return count
+            for r in rows:
+                out.write(r.to_json() + "\n")
+            count += len(rows)
+            after_seq = rows[-1].seq
