@@ -1,7 +1,7 @@
 """Generate edge_agent/_proto from proto/ (messages, gRPC stubs and typing stubs).
 
-    python scripts/gen_protos.py            # regenerate in place
-    python scripts/gen_protos.py --check    # fail if the committed code is stale (CI)
+python scripts/gen_protos.py            # regenerate in place
+python scripts/gen_protos.py --check    # fail if the committed code is stale (CI)
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ def _generate(out: Path) -> None:
     # Generated modules import "edge_agent.v1.x_pb2"; they live under edge_agent._proto.
     for path in out.rglob("*.py*"):
         text = path.read_text()
-        text = text.replace("from edge_agent.v1 import", "from edge_agent._proto.edge_agent.v1 import")
+        text = text.replace(
+            "from edge_agent.v1 import", "from edge_agent._proto.edge_agent.v1 import"
+        )
         text = text.replace("import edge_agent.v1.", "import edge_agent._proto.edge_agent.v1.")
         path.write_text(text)
     for pkg in [out, *(p for p in out.rglob("*") if p.is_dir())]:
@@ -49,8 +51,12 @@ def _generate(out: Path) -> None:
 
 
 def _same_tree(a: Path, b: Path) -> bool:
-    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    files_a = sorted(
+        p.relative_to(a) for p in a.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    )
+    files_b = sorted(
+        p.relative_to(b) for p in b.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    )
     if files_a != files_b:
         return False
     return all(filecmp.cmp(a / f, b / f, shallow=False) for f in files_a)
@@ -66,7 +72,9 @@ def main() -> int:
         _generate(out)
         if args.check:
             if not _same_tree(out, OUT_PKG):
-                print("edge_agent/_proto is stale: run python scripts/gen_protos.py", file=sys.stderr)
+                print(
+                    "edge_agent/_proto is stale: run python scripts/gen_protos.py", file=sys.stderr
+                )
                 return 1
             print("edge_agent/_proto is up to date")
             return 0

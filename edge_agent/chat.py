@@ -1,0 +1,90 @@
+"""Domain types of a chat exchange, independent of gRPC."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from edge_agent.engine import Message
+
+__all__ = [
+    "ChatChunk",
+    "ChatSpec",
+    "DataClass",
+    "Provenance",
+    "RoutePreference",
+    "Timing",
+    "Usage",
+]
+
+
+class DataClass(enum.IntEnum):
+    """How sensitive a request's data is; decides the furthest place it may go."""
+
+    UNSPECIFIED = 0
+    PUBLIC = 1
+    INTERNAL = 2
+    CONFIDENTIAL = 3
+    RESTRICTED = 4
+
+
+class RoutePreference(enum.IntEnum):
+    AUTO = 0
+    LOCAL_ONLY = 1
+    LARGE_MODEL = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ChatSpec:
+    """A chat request whose fields passed shape validation (see rpc.convert)."""
+
+    messages: tuple[Message, ...]
+    model: str = ""
+    max_tokens: int | None = None
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    json_schema: str | None = None
+    data_class: DataClass = DataClass.UNSPECIFIED
+    route: RoutePreference = RoutePreference.AUTO
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    destination: str  # "local" or "cloud"
+    model: str
+    model_version: str = ""
+    execution_provider: str = ""
+    cloud_provider: str = ""
+    decision_reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    queue_ms: float
+    time_to_first_token_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChatChunk:
+    """One streamed piece of an answer; the last one carries the finish fields."""
+
+    delta: str = ""
+    finish_reason: str | None = None  # "stop" or "length" on the final chunk
+    usage: Usage | None = None
+    provenance: Provenance | None = None
+    timing: Timing | None = None

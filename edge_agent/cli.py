@@ -1,0 +1,161 @@
+"""The ``edge-agent`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+import edge_agent
+from edge_agent.client import ChatOptions, Client
+from edge_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, PathsConfig, load_config
+from edge_agent.errors import EdgeAgentError
+
+__all__ = ["main"]
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def _demo_config() -> AgentConfig:
+    """Loopback, unprivileged: state under the user's home, the embedded model."""
+    state = Path.home() / ".local" / "state" / "edge-agent-demo"
+    return AgentConfig(
+        source="<demo>", paths=PathsConfig(state_dir=state, runtime_dir=state / "run")
+    )
+
+
+def _load(args: argparse.Namespace) -> AgentConfig:
+    if getattr(args, "demo", False):
+        return _demo_config()
+    return load_config(Path(args.config))
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from edge_agent.app import Agent
+    from edge_agent.logsetup import setup_logging
+
+    config = _load(args)
+    if args.listen:
+        config = dataclasses.replace(
+            config, server=dataclasses.replace(config.server, listen=tuple(args.listen))
+        )
+    setup_logging(config.logging)
+    asyncio.run(Agent(config).run())
+    return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    options = ChatOptions(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        stop=args.stop or (),
+        json_schema=args.json_schema,
+    )
+    messages = [("system", args.system)] if args.system else []
+    messages.append(("user", args.prompt))
+    with Client(args.target, token=args.token) as client:
+        final = None
+        for chunk in client.chat(messages, options, timeout=args.timeout):
+            sys.stdout.write(chunk.delta)
+            sys.stdout.flush()
+            if chunk.finish_reason is not None:
+                final = chunk
+        sys.stdout.write("\n")
+    if final is not None and final.provenance and final.usage and args.verbose:
+        p, u = final.provenance, final.usage
+        where = f"{p.model} {p.model_version} on {p.execution_provider or p.cloud_provider}"
+        print(
+            f"[{final.finish_reason}; {u.prompt_tokens}+{u.completion_tokens} tokens; "
+            f"{p.destination}: {where}]",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    with Client(args.target, token=args.token) as client:
+        status = client.status(timeout=args.timeout)
+    data = MessageToDict(status, preserving_proto_field_name=True)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    model = status.active_model
+    print(f"edge-agent {status.agent_version}: {status.engine.state}")
+    print(f"  model:     {model.name} {model.version} ({model.execution_provider})")
+    print(
+        f"  engine:    {status.engine.active_requests} active, "
+        f"{status.engine.queued_requests} queued, restarts {status.engine.restarts}"
+    )
+    if status.pressure.level:
+        print(f"  pressure:  {status.pressure.level} {' '.join(status.pressure.reasons)}")
+    if status.connectivity.state:
+        print(f"  cloud:     {status.connectivity.state}")
+    if status.tls_fingerprint_sha256:
+        print(f"  tls:       sha256 {status.tls_fingerprint_sha256}")
+    return 0
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default=DEFAULT_TARGET, help="host:port of the daemon")
+    p.add_argument("--token", default=None, help="client bearer token")
+    p.add_argument("--timeout", type=float, default=120.0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
+    parser.add_argument("--version", action="version", version=edge_agent.__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the daemon")
+    serve.add_argument("--config", default=str(DEFAULT_CONFIG_PATH))
+    serve.add_argument("--demo", action="store_true", help="loopback demo on the embedded model")
+    serve.add_argument("--listen", action="append", help="override server.listen (repeatable)")
+    serve.set_defaults(func=_cmd_serve)
+
+    chat = sub.add_parser("chat", help="ask the daemon; the answer streams to the terminal")
+    chat.add_argument("prompt")
+    chat.add_argument("--system", default=None)
+    chat.add_argument("--max-tokens", type=int, default=None)
+    chat.add_argument("--temperature", type=float, default=None)
+    chat.add_argument("--seed", type=int, default=None)
+    chat.add_argument("--stop", action="append")
+    chat.add_argument("--json-schema", default=None, help="constrain the answer to this schema")
+    chat.add_argument("-v", "--verbose", action="store_true", help="print provenance and usage")
+    _client_args(chat)
+    chat.set_defaults(func=_cmd_chat)
+
+    status = sub.add_parser("status", help="show the daemon's status")
+    status.add_argument("--json", action="store_true")
+    _client_args(status)
+    status.set_defaults(func=_cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except EdgeAgentError as exc:
+        print(f"edge-agent: {exc.message}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as exc:
+        code_name = exc.code().name if hasattr(exc, "code") else "ERROR"
+        detail = exc.details() if hasattr(exc, "details") else str(exc)
+        print(f"edge-agent: {code_name}: {detail}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
