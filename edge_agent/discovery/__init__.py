@@ -1,0 +1,28 @@
+"""mDNS discovery: advertise this box, find boxes, connect with the fingerprint pinned."""
+
+from edge_agent.discovery._advertiser import Advertiser, local_addresses
+from edge_agent.discovery._browser import (
+    BoxBrowser,
+    DiscoveredBox,
+    discover,
+    discover_sync,
+    pinned_credentials_for,
+)
+from edge_agent.discovery._config import DiscoveryConfig, parse_discovery_config
+from edge_agent.discovery._txt import SERVICE_TYPE, BoxAnnouncement
+from edge_agent.tls import pinned_channel_credentials
+
+__all__ = [
+    "SERVICE_TYPE",
+    "Advertiser",
+    "BoxAnnouncement",
+    "BoxBrowser",
+    "DiscoveredBox",
+    "DiscoveryConfig",
+    "discover",
+    "discover_sync",
+    "local_addresses",
+    "parse_discovery_config",
+    "pinned_channel_credentials",
+    "pinned_credentials_for",
+]

@@ -1,0 +1,65 @@
+"""The TXT record of an edge-agent box: what a client needs before it connects.
+
+Keys are short (DNS-SD advises ≤ 9 characters) and values plain text:
+``api`` API version, ``model``/``mv`` active model and version, ``ep`` execution provider,
+``pressure`` ok|elevated|critical, ``fp`` SHA-256 of the TLS certificate (hex, no colons),
+``id`` device id, ``mtls`` port of the mTLS listener (absent when none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ["SERVICE_TYPE", "BoxAnnouncement"]
+
+SERVICE_TYPE = "_edge-agent._tcp.local."
+_MAX_VALUE = 200  # one TXT string is at most 255 bytes including "key="
+
+
+def _clip(value: str) -> str:
+    data = value.encode("utf-8")[:_MAX_VALUE]
+    return data.decode("utf-8", errors="ignore")
+
+
+@dataclass(frozen=True, slots=True)
+class BoxAnnouncement:
+    """What the box publishes; the advertiser turns it into TXT properties."""
+
+    fingerprint: str
+    device_id: str
+    model: str = ""
+    model_version: str = ""
+    execution_provider: str = ""
+    pressure: str = "ok"
+    mtls_port: int | None = None
+    api: str = "v1"
+
+    def properties(self) -> dict[str, str]:
+        props = {
+            "api": self.api,
+            "model": self.model,
+            "mv": self.model_version,
+            "ep": self.execution_provider,
+            "pressure": self.pressure,
+            "fp": self.fingerprint,
+            "id": self.device_id,
+        }
+        if self.mtls_port:
+            props["mtls"] = str(self.mtls_port)
+        return {k: _clip(v) for k, v in props.items()}
+
+    @classmethod
+    def from_properties(cls, props: Mapping[str, str]) -> BoxAnnouncement:
+        """Parse a received TXT record (untrusted LAN input: every field is optional)."""
+        port = props.get("mtls", "")
+        return cls(
+            fingerprint=props.get("fp", ""),
+            device_id=props.get("id", ""),
+            model=props.get("model", ""),
+            model_version=props.get("mv", ""),
+            execution_provider=props.get("ep", ""),
+            pressure=props.get("pressure", ""),
+            mtls_port=int(port) if port.isdigit() and 0 < int(port) < 65536 else None,
+            api=props.get("api", ""),
+        )

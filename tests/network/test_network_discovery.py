@@ -1,0 +1,150 @@
+"""mDNS on loopback: a real advertiser and a real browser (python-zeroconf), both bound to
+127.0.0.1, as python-zeroconf's own tests do."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from network_helpers import Pki, serve, strict_auth
+
+from edge_agent._proto.edge_agent.v1 import inference_pb2, inference_pb2_grpc
+from edge_agent._tomlreader import TableReader
+from edge_agent.discovery import (
+    Advertiser,
+    BoxAnnouncement,
+    BoxBrowser,
+    DiscoveredBox,
+    DiscoveryConfig,
+    discover,
+    parse_discovery_config,
+    pinned_credentials_for,
+)
+from edge_agent.errors import ConfigError, PermissionDenied
+from edge_agent.tls import Listener, TokenEntry, new_token
+
+LOOPBACK = ("127.0.0.1",)
+CONFIG = DiscoveryConfig(interfaces=LOOPBACK, instance_name="box-under-test")
+
+
+def _announcement(pki: Pki, **changes: object) -> BoxAnnouncement:
+    base = BoxAnnouncement(
+        fingerprint=pki.device.fingerprint,
+        device_id="dev-0001",
+        model="mistral-small-3",
+        model_version="2501.1",
+        execution_provider="cpu",
+        pressure="ok",
+        mtls_port=50052,
+    )
+    import dataclasses
+
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def _ours(boxes: list[DiscoveredBox]) -> DiscoveredBox | None:
+    return next((b for b in boxes if b.name.startswith("box-under-test")), None)
+
+
+async def test_advertisement_is_found_updated_and_says_goodbye(pki: Pki) -> None:
+    advertiser = Advertiser(CONFIG, port=50051, announcement=_announcement(pki), hostname="testbox")
+    async with BoxBrowser(interfaces=LOOPBACK) as browser:
+        await advertiser.start()
+        try:
+            boxes = await browser.wait_for(lambda bs: _ours(bs) is not None, timeout_s=10)
+            box = _ours(boxes)
+            assert box is not None
+            assert box.port == 50051
+            assert box.host == "testbox.local"
+            assert "127.0.0.1" in box.addresses
+            assert box.fingerprint == pki.device.fingerprint
+            assert box.announcement == _announcement(pki)
+            assert box.properties["api"] == "v1"
+
+            await advertiser.update(pressure="critical", model_version="2501.2")
+            boxes = await browser.wait_for(
+                lambda bs: (b := _ours(bs)) is not None and b.announcement.pressure == "critical",
+                timeout_s=10,
+            )
+            box = _ours(boxes)
+            assert box is not None
+            assert box.announcement.model_version == "2501.2"
+        finally:
+            await advertiser.stop()
+        # Goodbye packets (TTL 0) remove it from the browser's view.
+        await browser.wait_for(lambda bs: _ours(bs) is None, timeout_s=10)
+    await advertiser.stop()  # idempotent
+
+
+async def test_discover_lists_the_box_and_connects_with_the_pin(pki: Pki) -> None:
+    token = new_token()
+    auth = strict_auth(tokens=(TokenEntry(name="kiosk", role="client", sha256=token.sha256),))
+    async with serve(pki, auth, [Listener("127.0.0.1:0", "tls")]) as running:
+        port = running.port("tls")
+        advertiser = Advertiser(
+            CONFIG, port=port, announcement=_announcement(pki), hostname="testbox"
+        )
+        await advertiser.start()
+        try:
+            boxes = await discover(2.0, interfaces=LOOPBACK)
+        finally:
+            await advertiser.stop()
+        box = _ours(boxes)
+        assert box is not None, boxes
+        assert box.to_json()["fingerprint_sha256"] == pki.device.fingerprint
+
+        target, pinned = pinned_credentials_for(box)
+        async with grpc.aio.secure_channel(
+            target, pinned.credentials, options=pinned.options
+        ) as channel:
+            reply = await inference_pb2_grpc.InferenceStub(channel).GetStatus(
+                inference_pb2.GetStatusRequest(),
+                metadata=(("authorization", f"Bearer {token.token}"),),
+                timeout=10,
+            )
+        assert reply.device_id == "token:kiosk:client"
+
+        # A box advertising someone else's fingerprint (spoofed TXT) is refused.
+        spoofed = DiscoveredBox(
+            name=box.name,
+            host=box.host,
+            addresses=box.addresses,
+            port=box.port,
+            announcement=_announcement(pki, fingerprint="ab" * 32),
+        )
+        with pytest.raises(PermissionDenied):
+            pinned_credentials_for(spoofed)
+
+
+def test_txt_round_trip_and_hostile_values() -> None:
+    a = BoxAnnouncement(fingerprint="f" * 64, device_id="d", model="m" * 400, mtls_port=7)
+    props = a.properties()
+    assert all(len(f"{k}={v}".encode()) <= 255 for k, v in props.items())
+    back = BoxAnnouncement.from_properties(props)
+    assert back.mtls_port == 7 and back.fingerprint == "f" * 64
+    junk = BoxAnnouncement.from_properties({"mtls": "99999", "fp": "zz"})
+    assert junk.mtls_port is None
+    box = DiscoveredBox("n", "h", ("127.0.0.1",), 1, junk)
+    assert box.fingerprint is None
+
+
+def test_discovery_config() -> None:
+    empty = parse_discovery_config(TableReader({}, source="agent.toml", prefix="discovery."))
+    assert empty == DiscoveryConfig()
+    cfg = parse_discovery_config(
+        TableReader(
+            {"interfaces": ["192.0.2.2"], "instance_name": "line-3"},
+            source="agent.toml",
+            prefix="discovery.",
+        )
+    )
+    assert cfg.interfaces == ("192.0.2.2",) and cfg.instance_name == "line-3"
+    with pytest.raises(ConfigError, match=r"discovery\.interfaces"):
+        parse_discovery_config(
+            TableReader({"interfaces": ["eth0"]}, source="agent.toml", prefix="discovery.")
+        )
+    with pytest.raises(ConfigError, match=r"discovery\.instance_name"):
+        parse_discovery_config(
+            TableReader({"instance_name": "a.b"}, source="agent.toml", prefix="discovery.")
+        )
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse_discovery_config(TableReader({"enable": True}, source="agent.toml"))
