@@ -120,7 +120,8 @@ def test_txt_round_trip_and_hostile_values() -> None:
     props = a.properties()
     assert all(len(f"{k}={v}".encode()) <= 255 for k, v in props.items())
     back = BoxAnnouncement.from_properties(props)
-    assert back.mtls_port == 7 and back.fingerprint == "f" * 64
+    assert back.mtls_port == 7
+    assert back.fingerprint == "f" * 64
     junk = BoxAnnouncement.from_properties({"mtls": "99999", "fp": "zz"})
     assert junk.mtls_port is None
     box = DiscoveredBox("n", "h", ("127.0.0.1",), 1, junk)
@@ -137,7 +138,8 @@ def test_discovery_config() -> None:
             prefix="discovery.",
         )
     )
-    assert cfg.interfaces == ("192.0.2.2",) and cfg.instance_name == "line-3"
+    assert cfg.interfaces == ("192.0.2.2",)
+    assert cfg.instance_name == "line-3"
     with pytest.raises(ConfigError, match=r"discovery\.interfaces"):
         parse_discovery_config(
             TableReader({"interfaces": ["eth0"]}, source="agent.toml", prefix="discovery.")
