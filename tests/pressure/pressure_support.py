@@ -8,6 +8,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from edge_agent.pressure import EngineLoad, PressureConfig, PressureSnapshot, Sampler
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
@@ -48,3 +50,26 @@ def make_proc_tree(tmp_path: Path, kernel: str = "kernel_6_x") -> ProcTree:
     root = tmp_path / "proc"
     shutil.copytree(FIXTURES / kernel, root)
     return ProcTree(root)
+
+
+class Box:
+    """A sampled fixture box: write its /proc files, then ``resample()`` for a snapshot.
+
+    The snapshot goes through the real ``Sampler`` (parsing, levels), so admission tests see
+    exactly what the monitor would publish for such a box.
+    """
+
+    def __init__(self, tmp_path: Path, *, total: int, available: int) -> None:
+        self.tree = make_proc_tree(tmp_path)
+        self.tree.set_memory(total=total, available=available)
+        for resource in ("cpu", "memory", "io"):
+            self.tree.set_psi(resource, 0.0, 0.0)
+        self.engine = EngineLoad()
+        config = PressureConfig(
+            proc_root=str(self.tree.root), cgroup_root=str(tmp_path / "nocg"), nvml=False
+        )
+        self._sampler = Sampler(config, lambda: self.engine, temperatures=lambda: ())
+        self.snapshot: PressureSnapshot = self._sampler.sample()
+
+    def resample(self) -> None:
+        self.snapshot = self._sampler.sample()
