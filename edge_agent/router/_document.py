@@ -193,9 +193,9 @@ def parse_policy(text: str, *, signer_key_id: str = "") -> PolicyDocument:
         raise PolicyError(f"policy is not valid TOML: {exc}") from exc
     reader = TableReader(data, source="policy")
     try:
-        version = reader.integer("version", 0, min_value=1, max_value=2**63 - 1)
         if not reader.has("version"):
             raise reader.error("version", "is required")
+        version = reader.integer("version", 0, min_value=1, max_value=2**63 - 1)
         models, default_model, provider, allowed = _cloud(reader)
         tz_name = reader.string("timezone", "UTC")
         windows = parse_windows(
