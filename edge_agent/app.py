@@ -156,22 +156,35 @@ class Agent:
             # Refuses new RPCs at once and waits up to `grace` for in-flight streams.
             await self._built.server.stop(grace)
         await self.engine.stop()
-        self._stop_requested.set()
         _log.info("stopped")
 
     def request_stop(self) -> None:
         self._stop_requested.set()
 
+    async def serve(self) -> None:
+        """Start, serve until :meth:`request_stop`, then stop gracefully."""
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        await self.serve_started()
+
+    async def serve_started(self) -> None:
+        """Serve an agent already started until :meth:`request_stop`, then stop."""
+        try:
+            await self._stop_requested.wait()
+        finally:
+            self._stop_requested.clear()
+            await self.stop()
+
     async def run(self) -> None:
-        """Start, serve until SIGTERM or SIGINT, then stop gracefully."""
+        """:meth:`serve` until SIGTERM or SIGINT."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         try:
-            await self.start()
-            await self._stop_requested.wait()
+            await self.serve()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-            self._stop_requested.clear()
-            await self.stop()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import signal
 from collections import deque
@@ -34,6 +35,8 @@ from edge_agent.engine._providers import ModelLoadError, load_model
 from edge_agent.engine._stops import StopFilter
 
 __all__ = ["worker_main"]
+
+_log = logging.getLogger("edge_agent.engine.worker")
 
 _TOKEN = 1
 _TURN_FINISHED = 2
@@ -112,8 +115,7 @@ class _EngineLane:
                 options.set_top_p(float(spec["top_p"]))
             if spec["top_k"] is not None:
                 options.set_top_k(int(spec["top_k"]))
-        if spec["stop"]:
-            options.set_stop_strings(list(spec["stop"]))
+        # Stop strings are matched here (StopFilter): the static Engine refuses them.
         if spec["json_schema"]:
             options.set_guidance("json_schema", spec["json_schema"])
         job.turn_id = request.begin_turn(job.tokens, options)
@@ -136,12 +138,18 @@ class _EngineLane:
                 text = job.stops.feed(job.stream.decode(event.token))
                 if text:
                     out.deltas.append((job.rid, text))
+                if job.stops.stopped and not flags & _TURN_FINISHED:
+                    out.finish(job, "stop")
+                    self.cancel(job)  # its last event comes later and only closes it
+                    continue
             if flags & (_TURN_FINISHED | _FAILED):
                 del self.jobs[id(event.request)]
                 job.request.close()  # frees its KV blocks now
                 if job.cancelled:
                     continue
-                if flags & _FAILED:
+                if job.stops.stopped:
+                    out.finish(job, "stop")
+                elif flags & _FAILED:
                     out.finish(job, "error", ("internal", "", "the engine failed this request"))
                 else:
                     out.finish(job, _FINISH.get(event.finish_reason.name, "stop"))
@@ -343,7 +351,8 @@ class _Worker:
             job = self.waiting.popleft()
             try:
                 lane.add(job)
-            except Exception:
+            except Exception as exc:
+                _log.warning("the engine refused request %d: %s", job.rid, exc)
                 self.where.pop(job.rid, None)
                 field_name = "response_format.json_schema" if job.job["json_schema"] else "messages"
                 out.finish(
@@ -393,6 +402,7 @@ def worker_main(conn: Connection) -> None:
     # The daemon handles Ctrl-C and SIGTERM and shuts the worker down over the pipe.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     first = decode(conn.recv_bytes())
     if first[0] != "spec":
         return

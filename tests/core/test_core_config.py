@@ -1,0 +1,62 @@
+"""Config loading: typed, frozen, and every error names the file and the key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from edge_agent.config import AgentConfig, load_config
+from edge_agent.errors import ConfigError
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    return path
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, ""))
+    assert cfg.server.listen == AgentConfig().server.listen
+    assert cfg.engine.providers[-1] == "cpu"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.server.grace_s = 1  # type: ignore[misc]
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, '[paths]\nstate_dir = "state"\n[engine]\nmodel_dir = "m"\n'))
+    assert cfg.paths.state_dir == tmp_path.resolve() / "state"
+    assert cfg.engine.model_dir == tmp_path.resolve() / "m"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[server]\ngrace_s = -1\n", "server.grace_s"),
+        ('[server]\ngrace_s = "soon"\n', "server.grace_s"),
+        ('[server]\nlisten = ["nohost"]\n', "server.listen"),
+        ("[server]\nlisten = []\n", "server.listen"),
+        ('[engine]\nproviders = ["tpu"]\n', "engine.providers"),
+        ("[engine]\nlanes = 0\n", "engine.lanes"),
+        ("[engine]\nlanes = true\n", "engine.lanes"),
+        ("[engine]\nlanse = 2\n", "engine.lanse"),
+        ("[engine.provider_options.cuda]\ndevice_id = 1\n", "engine.provider_options.cuda"),
+        ('[logging]\nlevel = "LOUD"\n', "logging.level"),
+        ("[nonsense]\n", "nonsense"),
+    ],
+)
+def test_bad_values_name_the_file_and_key(tmp_path: Path, text: str, key: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in info.value.message
+    assert key in info.value.message
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(_write(tmp_path, "[server\n"))
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.toml")
