@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from edge_agent._proto.edge_agent.v1 import (
 from edge_agent.errors import PermissionDenied
 from edge_agent.rpc.auth import PUSHBACK_KEY, AuthInterceptor
 from edge_agent.tls import (
+    AuthConfig,
     Authenticator,
     IssuedCertificate,
     Listener,
@@ -301,3 +303,39 @@ def test_hash_is_all_the_box_keeps() -> None:
     assert hash_token(CLIENT_TOKEN.token) == CLIENT_TOKEN.sha256
     assert CLIENT_TOKEN.token not in repr(CLIENT_TOKEN)
     assert CLIENT_TOKEN.sha256 not in repr(TOKENS[0])
+
+
+async def test_lan_address_gets_tls_and_no_anonymous_access(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    from edge_agent.discovery import local_addresses
+    from edge_agent.tls import listen_plan
+
+    lan = [a for a in local_addresses() if "." in a]
+    if not lan:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    tls = dataclasses.replace(pki.tls, mtls_port=0, admin_socket_enabled=False)
+    plan = listen_plan(tls, [f"{lan[0]}:0"])
+    assert [p.security for p in plan] == ["tls", "mtls"]
+    # Default auth: anonymous loopback on, yet a LAN peer must still authenticate.
+    auth = AuthConfig(tokens=TOKENS)
+    caplog.set_level("INFO", logger="edge_agent.auth")
+    async with serve(pki, auth, plan, tls=tls) as running:
+        target = f"{lan[0]}:{running.port('tls')}"
+        async with grpc.aio.insecure_channel(target) as plain:
+            assert await _code_of(_status(plain)) == grpc.StatusCode.UNAVAILABLE
+        async with grpc.aio.secure_channel(
+            target, _creds(pki), options=[("grpc.ssl_target_name_override", "testbox")]
+        ) as channel:
+            assert await _code_of(_status(channel)) == grpc.StatusCode.UNAUTHENTICATED
+            bad = await _code_of(_status(channel, _bearer(CLIENT_TOKEN.token + "x")))
+            assert bad == grpc.StatusCode.UNAUTHENTICATED
+            assert await _status(channel, _bearer(CLIENT_TOKEN.token)) == "token:kiosk:client"
+        async with grpc.aio.secure_channel(
+            f"{lan[0]}:{running.port('mtls')}",
+            _creds(pki, pki.operator),
+            options=[("grpc.ssl_target_name_override", "testbox")],
+        ) as channel:
+            assert await _push(channel) == "cert:fleet-console:operator:5"
+    assert "refused" in caplog.text
+    assert CLIENT_TOKEN.token not in caplog.text
