@@ -1,0 +1,162 @@
+"""Activation, rollback, failures during trial load / probe, recovery and the inbox."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from bundle_fixtures import FileHost, Fleet, make_folder, small_config
+
+from edge_agent.bundles import BundleManager, InboxWatcher
+from edge_agent.errors import EdgeAgentError
+
+
+def _manager(tmp: Path, fleet: Fleet, host: FileHost | None = None, **cfg: object) -> BundleManager:
+    m = BundleManager(small_config(**cfg), state_dir=tmp / "state", host=host or FileHost())
+    if not m.trust.path.exists():
+        fleet.trust(m.trust.path, "ops1")
+    m.recover()
+    return m
+
+
+async def _install(m: BundleManager, fleet: Fleet, tmp: Path, release: int, **kw: object) -> None:
+    folder = fleet.sign(make_folder(tmp / f"src-{uuid.uuid4().hex}", release), "ops1")
+    await m.install_archive(fleet.archive(folder), **kw)  # type: ignore[arg-type]
+
+
+def _state(m: BundleManager) -> list[tuple[int, str, bool]]:
+    return [(b.release, b.slot, b.active) for b in m.list_bundles()]
+
+
+async def test_activate_then_rollback_and_forward_again(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path / "fleet")
+    host = FileHost()
+    m = _manager(tmp_path, fleet, host)
+    await _install(m, fleet, tmp_path, 1)
+    await _install(m, fleet, tmp_path, 2)
+    assert _state(m) == [(2, "b", True), (1, "a", False)]
+    info = await m.rollback()
+    assert (info.release, info.slot) == (1, "a")
+    assert host.active_release == 1
+    assert _state(m) == [(1, "a", True), (2, "b", False)]
+    await m.rollback()
+    assert host.active_release == 2
+    # A third install overwrites the spare slot (the old rollback target).
+    await _install(m, fleet, tmp_path, 3)
+    assert _state(m) == [(3, "a", True), (2, "b", False)]
+    assert m.active_model_dir() == m.store.slot_dir("a")
+
+
+async def test_rollback_without_previous_is_refused(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path / "fleet")
+    m = _manager(tmp_path, fleet)
+    with pytest.raises(EdgeAgentError, match="no previous bundle"):
+        await m.rollback()
+
+
+@pytest.mark.parametrize(
+    ("attr", "step"), [("fail_trial", "trial load"), ("fail_probe", "health probe")]
+)
+async def test_failed_activation_keeps_the_old_bundle(tmp_path: Path, attr: str, step: str) -> None:
+    fleet = Fleet(tmp_path / "fleet")
+    host = FileHost()
+    m = _manager(tmp_path, fleet, host)
+    await _install(m, fleet, tmp_path, 1)
+    setattr(host, attr, "smoke generation produced no token")
+    with pytest.raises(EdgeAgentError, match=f"{step} of demo failed: smoke generation"):
+        await _install(m, fleet, tmp_path, 2)
+    assert _state(m) == [(1, "a", True)]
+    assert host.active_release == 1
+    assert not m.store.slot_dir("b").exists()
+    # The refused release was never recorded: once fixed, the same release installs.
+    setattr(host, attr, None)
+    await _install(m, fleet, tmp_path / "fixed", 2)
+    assert _state(m) == [(2, "b", True), (1, "a", False)]
+
+
+async def test_install_without_activation_then_switch_by_rollback(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path / "fleet")
+    host = FileHost()
+    m = _manager(tmp_path, fleet, host)
+    with pytest.raises(EdgeAgentError, match="first bundle must be activated"):
+        await _install(m, fleet, tmp_path, 1, activate=False)
+    await _install(m, fleet, tmp_path, 1)
+    await _install(m, fleet, tmp_path, 2, activate=False)
+    assert _state(m) == [(1, "a", True), (2, "b", False)]
+    assert host.active_release == 1
+    await m.rollback()
+    assert _state(m) == [(2, "b", True), (1, "a", False)]
+
+
+async def test_recover_drops_a_corrupted_slot_and_keeps_the_valid_one(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path / "fleet")
+    m = _manager(tmp_path, fleet)
+    await _install(m, fleet, tmp_path, 1)
+    await _install(m, fleet, tmp_path, 2)
+    # Bit rot (or meddling) in the active slot while the box was off.
+    data = m.store.slot_dir("b") / "model.onnx"
+    data.write_bytes(data.read_bytes()[:-1] + b"!")
+    (m.store.staging / "leftover").mkdir()
+    restarted = _manager(tmp_path, fleet)
+    assert _state(restarted) == [(1, "a", True)]
+    assert not any(restarted.store.staging.iterdir())
+    # The release counter survived: release 2 again is still refused after the fallback.
+    with pytest.raises(EdgeAgentError, match="anti-rollback"):
+        await _install(restarted, fleet, tmp_path / "again", 2)
+
+
+async def test_recover_reverts_an_unconfirmed_switch(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path / "fleet")
+    m = _manager(tmp_path, fleet)
+    await _install(m, fleet, tmp_path, 1)
+    await _install(m, fleet, tmp_path, 2)
+    # A power cut between "pointer says trial" and the probe's commit.
+    from edge_agent.bundles import Pointer
+
+    m.store.write_pointer(Pointer("b", "a", "trial"))
+    restarted = _manager(tmp_path, fleet)
+    assert _state(restarted) == [(1, "a", True), (2, "b", False)]
+
+
+async def test_inbox_installs_settled_files_and_rejects_bad_ones(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path / "fleet")
+    inbox = tmp_path / "usb"
+    m = _manager(tmp_path, fleet, inbox_dir=inbox)
+    assert m.inbox_dir == inbox
+    watcher = InboxWatcher(m, inbox, poll_seconds=0.1)
+    inbox.mkdir()
+    good = fleet.archive(fleet.sign(make_folder(tmp_path / "g", 1), "ops1"))
+    bad_folder = fleet.sign(make_folder(tmp_path / "b", 2), "rogue")
+    bad = fleet.archive(bad_folder)
+    (inbox / "good.tar").write_bytes(good.read_bytes())
+    (inbox / "bad.tar").write_bytes(bad.read_bytes())
+    (inbox / "notes.txt").write_text("ignored")
+    assert await watcher.scan_once() == []  # first sight: wait for the copy to settle
+    results = dict(await watcher.scan_once())
+    assert results["good.tar"] == "activated"
+    assert "unknown-key" in results["bad.tar"]
+    assert (inbox / "done" / "good.tar").is_file()
+    assert (inbox / "rejected" / "bad.tar").is_file()
+    reason = (inbox / "rejected" / "bad.tar.reason.txt").read_text()
+    assert "unknown-key" in reason
+    assert (inbox / "notes.txt").exists()
+    assert _state(m) == [(1, "a", True)]
+    assert await watcher.scan_once() == []
+
+
+async def test_inbox_waits_while_a_copy_is_growing(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path / "fleet")
+    inbox = tmp_path / "usb"
+    m = _manager(tmp_path, fleet)
+    watcher = InboxWatcher(m, inbox, poll_seconds=0.1)
+    data = fleet.archive(fleet.sign(make_folder(tmp_path / "g", 1), "ops1")).read_bytes()
+    inbox.mkdir()
+    target = inbox / "copying.tar"
+    target.write_bytes(data[:1000])
+    assert await watcher.scan_once() == []
+    target.write_bytes(data[:5000])
+    assert await watcher.scan_once() == []  # it grew: still not settled
+    target.write_bytes(data)
+    assert await watcher.scan_once() == []
+    assert await watcher.scan_once() == [("copying.tar", "activated")]
