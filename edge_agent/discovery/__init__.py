@@ -8,6 +8,7 @@ from edge_agent.discovery._browser import (
     discover_sync,
     pinned_credentials_for,
 )
+from edge_agent.discovery._cli import add_discover_command
 from edge_agent.discovery._config import DiscoveryConfig, parse_discovery_config
 from edge_agent.discovery._txt import SERVICE_TYPE, BoxAnnouncement
 from edge_agent.tls import pinned_channel_credentials
@@ -19,6 +20,7 @@ __all__ = [
     "BoxBrowser",
     "DiscoveredBox",
     "DiscoveryConfig",
+    "add_discover_command",
     "discover",
     "discover_sync",
     "local_addresses",

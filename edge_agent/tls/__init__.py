@@ -14,6 +14,7 @@ from edge_agent.tls._ca import (
     issue_client_certificate,
     load_ca,
 )
+from edge_agent.tls._cli import add_tls_commands
 from edge_agent.tls._config import (
     AuthConfig,
     RateLimit,
@@ -76,6 +77,7 @@ __all__ = [
     "TokenEntry",
     "TokenStore",
     "add_listeners",
+    "add_tls_commands",
     "bearer_token",
     "certificate_fingerprint",
     "current_identity",
