@@ -55,6 +55,9 @@ class EngineConfig:
     providers: tuple[str, ...] = KNOWN_PROVIDERS
     provider_options: dict[str, dict[str, str]] = field(default_factory=dict)
     intra_op_threads: int = 0  # 0: onnxruntime's default (all cores)
+    # The worker runs at a lower priority so health checks, the watchdog and mDNS in the
+    # daemon get a core at once even while every core is decoding.
+    worker_nice: int = 5
     lanes: int = 3  # Engines sharing one model, stepped in turn (see docs/ARCHITECTURE.md)
     max_batch_size: int = 16
     load_timeout_s: float = 900.0
@@ -153,6 +156,7 @@ def _parse_engine(r: TableReader, base: Path) -> EngineConfig:
         intra_op_threads=r.integer(
             "intra_op_threads", d.intra_op_threads, min_value=0, max_value=1024
         ),
+        worker_nice=r.integer("worker_nice", d.worker_nice, min_value=0, max_value=19),
         lanes=r.integer("lanes", d.lanes, min_value=1, max_value=16),
         max_batch_size=r.integer("max_batch_size", d.max_batch_size, min_value=1, max_value=256),
         load_timeout_s=r.number("load_timeout_s", d.load_timeout_s, min_value=1),

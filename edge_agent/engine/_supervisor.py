@@ -149,6 +149,7 @@ class EngineSupervisor:
             "providers": list(c.providers),
             "provider_options": {k: dict(v) for k, v in c.provider_options.items()},
             "intra_op_threads": c.intra_op_threads,
+            "nice": c.worker_nice,
             "lanes": c.lanes,
             "max_batch_size": c.max_batch_size,
         }

@@ -407,6 +407,8 @@ def worker_main(conn: Connection) -> None:
     if first[0] != "spec":
         return
     spec: dict[str, Any] = first[1]
+    if int(spec.get("nice", 0)) > 0:
+        os.nice(int(spec["nice"]))
     try:
         worker = _Worker(conn, spec)
     except ModelLoadError as exc:

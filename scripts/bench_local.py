@@ -1,0 +1,348 @@
+"""Local-inference benchmark: the daemon against the raw og.Engine, side by side in one run.
+
+    python scripts/bench_local.py [--model DIR ...] [--tokens 64] [--write docs/BENCHMARKS.md]
+
+For each model it measures, in this process tree:
+  * raw in-process og.Engine aggregate decode tokens/s for 1 and 16 requests;
+  * the daemon (a real `edge-agent serve` subprocess, gRPC over loopback) for 1 and 16
+    concurrent streams, and the ratio daemon ÷ raw (target ≥ 0.95);
+  * the aggregate gain of 16 streams over 1, raw and daemon;
+  * time to first token: idle raw vs idle daemon (added p50, target ≤ 3 ms) and short requests
+    arriving while long generations run (p95 ÷ idle, target ≤ 3);
+  * health-check p99 while the engine is saturated (target < 20 ms);
+  * daemon RSS (the model lives in the worker), worker RSS;
+  * single-stream decode as a fraction of the memory-bandwidth limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import psutil
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
+from edge_agent._proto.edge_agent.v1 import inference_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPTS = [f"Tell me something about topic number {i} and why it matters." for i in range(16)]
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+# -- raw engine ------------------------------------------------------------------------------
+
+
+class RawEngine:
+    def __init__(self, model_dir: Path, threads: int = 0) -> None:
+        import onnxruntime_genai as og
+
+        from edge_agent.engine._providers import session_overlay
+
+        self.og = og
+        config = og.Config(str(model_dir))
+        config.clear_providers()
+        config.overlay(json.dumps(session_overlay(threads, 16)))
+        self.model = og.Model(config)
+        self.tokenizer = og.Tokenizer(self.model)
+        self.engine = og.Engine(self.model)
+        self.buffer = self.engine.create_event_buffer(256)
+
+    def tokens(self, prompt: str) -> np.ndarray[Any, np.dtype[np.int32]]:
+        text = self.tokenizer.apply_chat_template(
+            json.dumps([{"role": "user", "content": prompt}]), add_generation_prompt=True
+        )
+        return np.asarray(self.tokenizer.encode(text), dtype=np.int32)
+
+    def run(self, prompts: list[str], max_tokens: int) -> tuple[float, int, float]:
+        """Aggregate tokens/s, tokens, and time to the first token (s)."""
+        og = self.og
+        requests, streams = [], {}
+        start = time.perf_counter()
+        for p in prompts:
+            r = self.engine.create_request()
+            o = og.TurnOptions(r)
+            o.set_max_generated_tokens(max_tokens)
+            o.set_temperature(0.0)
+            r.begin_turn(self.tokens(p), o)
+            requests.append(r)
+            streams[id(r)] = self.tokenizer.create_stream()
+        n, first = 0, 0.0
+        while self.engine.has_pending_requests():
+            for ev in self.engine.run(self.buffer):
+                if ev.flags.value & 1:
+                    streams[id(ev.request)].decode(ev.token)
+                    n += 1
+                    if not first:
+                        first = time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        for r in requests:
+            r.close()
+        return n / elapsed, n, first
+
+
+# -- daemon ----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Daemon:
+    def __init__(self, model_dir: Path, tmp: Path, lanes: int, threads: int) -> None:
+        self.port = _free_port()
+        config = tmp / "agent.toml"
+        config.write_text(
+            f'[paths]\nstate_dir = "{tmp}/state"\nruntime_dir = "{tmp}/run"\n'
+            f'[server]\nlisten = ["127.0.0.1:{self.port}"]\n'
+            f'[engine]\nmodel_dir = "{model_dir}"\nlanes = {lanes}\nintra_op_threads = {threads}\n'
+            '[logging]\nlevel = "WARNING"\n'
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent.cli", "serve", "--config", str(config)]
+        )
+        self.target = f"127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 300
+        with grpc.insecure_channel(self.target) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while True:
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                        break
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise SystemExit("the daemon did not start")
+                time.sleep(0.2)
+
+    def rss(self) -> tuple[int, int]:
+        me = psutil.Process(self.proc.pid)
+        workers = me.children()
+        return me.memory_info().rss, sum(w.memory_info().rss for w in workers)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+
+
+async def _stream(stub: Any, prompt: str, max_tokens: int) -> tuple[int, float]:
+    request = pb.ChatRequest(
+        messages=[pb.ChatMessage(role="user", content=prompt)], max_tokens=max_tokens
+    )
+    start = time.perf_counter()
+    first = 0.0
+    tokens = 0
+    async for r in stub.Chat(request, timeout=600):
+        if not first and r.delta:
+            first = time.perf_counter() - start
+        if r.finish_reason:
+            tokens = r.usage.completion_tokens
+    return tokens, first
+
+
+async def _daemon_run(target: str, prompts: list[str], max_tokens: int) -> tuple[float, int]:
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = pb_grpc.InferenceStub(ch)
+        await _stream(stub, "warm up", 2)
+        start = time.perf_counter()
+        results = await asyncio.gather(*(_stream(stub, p, max_tokens) for p in prompts))
+        elapsed = time.perf_counter() - start
+    n = sum(t for t, _ in results)
+    return n / elapsed, n
+
+
+async def _ttft_idle(target: str, count: int) -> list[float]:
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = pb_grpc.InferenceStub(ch)
+        return [(await _stream(stub, PROMPTS[i % 16], 1))[1] for i in range(count)]
+
+
+async def _ttft_under_load(target: str, count: int, long_tokens: int) -> list[float]:
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = pb_grpc.InferenceStub(ch)
+        longs = [
+            asyncio.create_task(_stream(stub, "Write a long report.", long_tokens))
+            for _ in range(2)
+        ]
+        await asyncio.sleep(0.5)
+        ttfts = []
+        for i in range(count):
+            ttfts.append((await _stream(stub, PROMPTS[i % 16], 4))[1])
+            if all(t.done() for t in longs):
+                break
+        await asyncio.gather(*longs)
+    return ttfts
+
+
+def _health_p99_while_saturated(target: str, max_tokens: int) -> float:
+    stop = threading.Event()
+    latencies: list[float] = []
+
+    def prober() -> None:
+        with grpc.insecure_channel(target) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while not stop.is_set():
+                t = time.perf_counter()
+                stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                latencies.append(time.perf_counter() - t)
+                time.sleep(0.01)
+
+    thread = threading.Thread(target=prober)
+    thread.start()
+    asyncio.run(_daemon_run(target, PROMPTS, max_tokens))
+    stop.set()
+    thread.join()
+    return _pct(latencies, 99) * 1000
+
+
+def _memory_bandwidth() -> float:
+    """Bytes/s of a large array copy (read + write), best of a few."""
+    a = np.ones(256 * 1024 * 1024 // 8)
+    b = np.empty_like(a)
+    best = 0.0
+    for _ in range(5):
+        t = time.perf_counter()
+        np.copyto(b, a)
+        best = max(best, 2 * a.nbytes / (time.perf_counter() - t))
+    return best
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def bench_model(model_dir: Path, tokens: int, lanes: int) -> dict[str, Any]:
+    res: dict[str, Any] = {"model": model_dir.name}
+    weights = sum(f.stat().st_size for f in model_dir.glob("model.onnx*"))
+    res["weights_mb"] = weights / 1e6
+    raw = RawEngine(model_dir)
+    raw.run(PROMPTS[:1], 4)  # warm up
+    res["raw_1"], _, _ = raw.run(PROMPTS[:1], tokens)
+    res["raw_16"], _, _ = raw.run(PROMPTS, tokens)
+    raw_ttfts = [raw.run(PROMPTS[i : i + 1], 1)[2] for i in range(15)]
+    res["raw_ttft_ms"] = statistics.median(raw_ttfts) * 1000
+    res["raw_rss_mb"] = psutil.Process().memory_info().rss / 1e6
+    del raw
+    with tempfile.TemporaryDirectory() as tmp:
+        daemon = Daemon(model_dir, Path(tmp), lanes, 0)
+        try:
+            res["daemon_1"], _ = asyncio.run(_daemon_run(daemon.target, PROMPTS[:1], tokens))
+            res["daemon_16"], _ = asyncio.run(_daemon_run(daemon.target, PROMPTS, tokens))
+            idle = asyncio.run(_ttft_idle(daemon.target, 15))
+            res["daemon_ttft_ms"] = statistics.median(idle) * 1000
+            loaded = asyncio.run(_ttft_under_load(daemon.target, 20, tokens * 4))
+            res["loaded_ttft_p95_ms"] = _pct(loaded, 95) * 1000
+            res["health_p99_ms"] = _health_p99_while_saturated(daemon.target, tokens)
+            rss, worker = daemon.rss()
+            res["daemon_rss_mb"], res["worker_rss_mb"] = rss / 1e6, worker / 1e6
+        finally:
+            daemon.stop()
+    res["bandwidth_gbs"] = _memory_bandwidth() / 1e9
+    res["bw_fraction"] = res["daemon_1"] * weights / (res["bandwidth_gbs"] * 1e9)
+    return res
+
+
+def render(results: list[dict[str, Any]], tokens: int, lanes: int) -> str:
+    lines = [
+        "## Local inference (scripts/bench_local.py)",
+        "",
+        f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; greedy, "
+        f"{tokens} new tokens per stream; daemon `engine.lanes = {lanes}`, batch ≤ 16; "
+        "daemon = `edge-agent serve` subprocess over gRPC on loopback.",
+        "",
+        "| measure | target | " + " | ".join(r["model"] for r in results) + " |",
+        "|---|---|" + "---|" * len(results),
+    ]
+
+    def row(name: str, target: str, fmt: str, key: Any) -> None:
+        cells = [fmt.format(key(r)) for r in results]
+        lines.append(f"| {name} | {target} | " + " | ".join(cells) + " |")
+
+    row("weights (MB)", "", "{:.1f}", lambda r: r["weights_mb"])
+    row("raw og.Engine, 1 stream (tok/s)", "", "{:.1f}", lambda r: r["raw_1"])
+    row("daemon, 1 stream (tok/s)", "", "{:.1f}", lambda r: r["daemon_1"])
+    row("**daemon ÷ raw, 1 stream**", "≥ 0.95", "{:.2f}", lambda r: r["daemon_1"] / r["raw_1"])
+    row("raw og.Engine, 16 requests (tok/s)", "", "{:.1f}", lambda r: r["raw_16"])
+    row("daemon, 16 streams (tok/s)", "", "{:.1f}", lambda r: r["daemon_16"])
+    row("**daemon ÷ raw, 16 streams**", "≥ 0.95", "{:.2f}", lambda r: r["daemon_16"] / r["raw_16"])
+    row("raw gain 16 ÷ 1", "≈ 1.8", "{:.2f}", lambda r: r["raw_16"] / r["raw_1"])
+    row("**daemon gain 16 ÷ 1**", "keep raw's", "{:.2f}", lambda r: r["daemon_16"] / r["daemon_1"])
+    row("raw idle TTFT p50 (ms)", "", "{:.2f}", lambda r: r["raw_ttft_ms"])
+    row("daemon idle TTFT p50 (ms)", "", "{:.2f}", lambda r: r["daemon_ttft_ms"])
+    row(
+        "**added TTFT p50 (ms)**", "≤ 3", "{:.2f}", lambda r: r["daemon_ttft_ms"] - r["raw_ttft_ms"]
+    )
+    row(
+        "short-request TTFT p95 beside long generations (ms)",
+        "",
+        "{:.2f}",
+        lambda r: r["loaded_ttft_p95_ms"],
+    )
+    row(
+        "**… ÷ idle TTFT**",
+        "≤ 3",
+        "{:.2f}",
+        lambda r: r["loaded_ttft_p95_ms"] / r["daemon_ttft_ms"],
+    )
+    row("**health p99 while saturated (ms)**", "< 20", "{:.2f}", lambda r: r["health_p99_ms"])
+    row("daemon RSS, model excluded (MB)", "", "{:.0f}", lambda r: r["daemon_rss_mb"])
+    row("engine worker RSS (MB)", "", "{:.0f}", lambda r: r["worker_rss_mb"])
+    row("memory bandwidth (GB/s, numpy copy)", "", "{:.1f}", lambda r: r["bandwidth_gbs"])
+    row("1-stream decode ÷ bandwidth limit", "", "{:.2f}", lambda r: r["bw_fraction"])
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace this script's section of the benchmarks file, keeping the others."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    head = "## Local inference (scripts/bench_local.py)"
+    if head in text:
+        before, _, after = text.partition(head)
+        rest = after.split("\n## ", 1)
+        after = ("\n## " + rest[1]) if len(rest) > 1 else ""
+        text = before + section + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", action="append", type=Path, help="model folder (repeatable)")
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--lanes", type=int, default=3)
+    parser.add_argument("--write", type=Path, default=None, help="update this BENCHMARKS.md")
+    args = parser.parse_args()
+    models = args.model or [
+        m for m in (ROOT / "models/demo", ROOT / ".cache/bench-model") if m.exists()
+    ]
+    results = [bench_model(m, args.tokens, args.lanes) for m in models]
+    section = render(results, args.tokens, args.lanes)
+    print(section)
+    if args.write:
+        write_section(args.write, section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
