@@ -14,7 +14,7 @@ import grpc
 
 import edge_agent
 from edge_agent.client import ChatOptions, Client
-from edge_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, PathsConfig, load_config
+from edge_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, default_config, load_config
 from edge_agent.errors import EdgeAgentError
 
 __all__ = ["main"]
@@ -24,10 +24,7 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 
 def _demo_config() -> AgentConfig:
     """Loopback, unprivileged: state under the user's home, the embedded model."""
-    state = Path.home() / ".local" / "state" / "edge-agent-demo"
-    return AgentConfig(
-        source="<demo>", paths=PathsConfig(state_dir=state, runtime_dir=state / "run")
-    )
+    return default_config(Path.home() / ".local" / "state" / "edge-agent-demo")
 
 
 def _load(args: argparse.Namespace) -> AgentConfig:

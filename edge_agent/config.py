@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent._tomlreader import TableReader
+from edge_agent.audit import AuditConfig, parse_audit_config
+from edge_agent.bundles import BundlesConfig, parse_bundles_config
+from edge_agent.cloud import CloudConfig, parse_cloud_config
+from edge_agent.credentials import CredentialsConfig, parse_credentials_config
+from edge_agent.discovery import DiscoveryConfig, parse_discovery_config
 from edge_agent.errors import ConfigError
+from edge_agent.metrics import MetricsConfig, parse_metrics_config
+from edge_agent.pressure import PressureConfig, parse_pressure_config
+from edge_agent.router import PolicyConfig, parse_policy_config
+from edge_agent.tls import AuthConfig, TlsConfig, parse_auth_config, parse_tls_config
 
 __all__ = [
     "KNOWN_PROVIDERS",
@@ -22,6 +31,7 @@ __all__ = [
     "LoggingConfig",
     "PathsConfig",
     "ServerConfig",
+    "default_config",
     "load_config",
     "parse_config",
 ]
@@ -77,11 +87,23 @@ class LoggingConfig:
 
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
-    source: str = "<defaults>"
-    paths: PathsConfig = PathsConfig()
-    server: ServerConfig = ServerConfig()
-    engine: EngineConfig = EngineConfig()
-    logging: LoggingConfig = LoggingConfig()
+    """The whole configuration; build it with :func:`parse_config` or :func:`load_config`."""
+
+    source: str
+    paths: PathsConfig
+    server: ServerConfig
+    engine: EngineConfig
+    logging: LoggingConfig
+    pressure: PressureConfig
+    metrics: MetricsConfig
+    bundles: BundlesConfig
+    cloud: CloudConfig
+    policy: PolicyConfig
+    credentials: CredentialsConfig
+    audit: AuditConfig
+    tls: TlsConfig
+    auth: AuthConfig
+    discovery: DiscoveryConfig
 
 
 def _parse_paths(r: TableReader, base: Path) -> PathsConfig:
@@ -192,15 +214,46 @@ def _parse_logging(r: TableReader) -> LoggingConfig:
 def parse_config(document: dict[str, Any], *, source: str, base: Path) -> AgentConfig:
     """Validate a parsed TOML document; ``base`` resolves relative paths."""
     root = TableReader(document, source=source)
+    paths = _parse_paths(root.table("paths"), base)
+    state = paths.state_dir
     cfg = AgentConfig(
         source=source,
-        paths=_parse_paths(root.table("paths"), base),
+        paths=paths,
         server=_parse_server(root.table("server")),
         engine=_parse_engine(root.table("engine"), base),
         logging=_parse_logging(root.table("logging")),
+        pressure=_finished(parse_pressure_config, root.table("pressure")),
+        metrics=_finished(parse_metrics_config, root.table("metrics")),
+        bundles=_finished(parse_bundles_config, root.table("bundles"), base=base),
+        cloud=_finished(parse_cloud_config, root.table("cloud")),
+        policy=_finished(parse_policy_config, root.table("policy"), state_dir=state, base=base),
+        credentials=_finished(
+            parse_credentials_config, root.table("credentials"), state_dir=state, base=base
+        ),
+        audit=_finished(parse_audit_config, root.table("audit"), state_dir=state, base=base),
+        tls=_finished(parse_tls_config, root.table("tls"), state_dir=state),
+        auth=_finished(parse_auth_config, root.table("auth")),
+        discovery=_finished(parse_discovery_config, root.table("discovery")),
     )
     root.finish()
     return cfg
+
+
+def _finished(parse: Any, reader: TableReader, **kwargs: Any) -> Any:
+    """Run a section parser and refuse keys it did not read (idempotent if it already did)."""
+    value = parse(reader, **kwargs)
+    reader.finish()
+    return value
+
+
+def default_config(state_dir: Path, *, listen: tuple[str, ...] | None = None) -> AgentConfig:
+    """Defaults everywhere, state under ``state_dir`` (the demo and tests)."""
+    document: dict[str, Any] = {
+        "paths": {"state_dir": str(state_dir), "runtime_dir": str(state_dir / "run")}
+    }
+    if listen is not None:
+        document["server"] = {"listen": list(listen)}
+    return parse_config(document, source="<defaults>", base=state_dir)
 
 
 def load_config(path: Path) -> AgentConfig:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import AgentConfig, load_config
+from edge_agent.config import ServerConfig, load_config
 from edge_agent.errors import ConfigError
 
 
@@ -19,7 +19,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, ""))
-    assert cfg.server.listen == AgentConfig().server.listen
+    assert cfg.server.listen == ServerConfig().listen
     assert cfg.engine.providers[-1] == "cpu"
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.server.grace_s = 1  # type: ignore[misc]

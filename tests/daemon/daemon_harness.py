@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.app import Agent, default_model_dir
-from edge_agent.config import AgentConfig, EngineConfig, PathsConfig, ServerConfig
+from edge_agent.config import AgentConfig, EngineConfig, ServerConfig, default_config
 
 DEMO_MODEL = default_model_dir()
 
@@ -27,9 +28,8 @@ class RunningAgent:
 
 
 def make_config(tmp: Path, **engine: Any) -> AgentConfig:
-    return AgentConfig(
-        source="<test>",
-        paths=PathsConfig(state_dir=tmp / "state", runtime_dir=tmp / "run"),
+    return dataclasses.replace(
+        default_config(tmp / "state"),
         server=ServerConfig(listen=("127.0.0.1:0",), grace_s=5.0),
         engine=EngineConfig(model_dir=DEMO_MODEL, restart_backoff_s=0.2, **engine),
     )
