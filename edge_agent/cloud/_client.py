@@ -13,9 +13,11 @@ code path that slipped past the first check cannot open a socket.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+import ssl
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any, Protocol
 
@@ -48,6 +50,13 @@ _HTTPX_ERRORS = (httpx.HTTPError, httpx.InvalidURL, httpx.CookieConflict, httpx.
 _MAX_ERROR_BODY = 64 * 1024
 _MAX_CATALOG = 16 * 1024 * 1024
 _PROBE_OK = frozenset({404, 405})  # the router answered: reachable even if HEAD is not served
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    # Loading the CA bundle costs a noticeable fraction of a second on a small box; clients
+    # are re-created (air-gap toggles, config reloads), the verified context can be shared.
+    return httpx.create_ssl_context()
 
 
 class OutcomeObserver(Protocol):
@@ -144,13 +153,18 @@ class RouterClient:
     def _credential(self) -> str:
         if self._air_gapped:
             raise CloudDisabled("the cloud route is disabled: this box is air-gapped")
+        token: str | None = None
+        unreadable = False
         try:
             token = self._token_provider()
         except EdgeAgentError:
             raise
         except Exception:
-            # from None: whatever the store raised might quote the secret it was reading.
-            raise CloudAuthError("the cloud credential could not be read") from None
+            unreadable = True
+        if unreadable:
+            # Raised outside the handler so not even __context__ keeps what the store said:
+            # it might quote the secret it was reading.
+            raise CloudAuthError("the cloud credential could not be read")
         if not token:
             raise CloudDisabled("no cloud credential is loaded")
         if not _TOKEN.match(token):
@@ -172,6 +186,7 @@ class RouterClient:
                 ),
                 proxy=c.proxy,
                 retries=0,
+                verify=_tls_context(),
             )
             self._http = httpx.AsyncClient(
                 base_url=c.base_url + "/",
@@ -250,7 +265,7 @@ class RouterClient:
 
     async def stream_chat(
         self, request: CloudChatRequest, *, timeout_s: float | None = None
-    ) -> AsyncIterator[StreamChunk]:
+    ) -> AsyncGenerator[StreamChunk, None]:
         """Stream one chat completion. The last chunk has ``finish_reason`` (and ``usage``).
 
         ``timeout_s`` shortens the total deadline (e.g. to the gRPC call's remaining time).

@@ -16,7 +16,7 @@ that are not ``CloudError`` (bugs) propagate unchanged.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -64,7 +64,7 @@ async def failover_stream(
     first_token_timeout_s: float,
     inter_chunk_timeout_s: float,
     on_failover: Callable[[FailoverEvent], None] | None = None,
-) -> AsyncIterator[StreamChunk]:
+) -> AsyncGenerator[StreamChunk, None]:
     """One stream from ``cloud``, falling back to ``local(text_so_far)`` as described above.
 
     The local stream is not put under these deadlines: the engine supervisor and the call's
