@@ -1,8 +1,9 @@
 """The pressure monitor: a timer that samples the box and publishes immutable snapshots.
 
-``Sampler`` does one synchronous sample (a few small file reads, tens of microseconds; see
-docs/BENCHMARKS.md) and is what tests and the benchmark drive directly. ``PressureMonitor``
-runs it on the event loop every ``interval_s`` and tells listeners about each snapshot.
+``Sampler`` does one synchronous sample (seven small file reads plus the level tracking, about
+a quarter of a millisecond on a 2-core box; see docs/BENCHMARKS.md) and is what tests and the
+benchmark drive directly. ``PressureMonitor`` runs it on the event loop every ``interval_s``
+and tells listeners about each snapshot.
 """
 
 from __future__ import annotations

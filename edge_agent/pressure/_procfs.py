@@ -1,8 +1,9 @@
 """Cheap readers for the kernel's own accounting: PSI, /proc/meminfo, /proc/stat, cgroups.
 
 Each sample opens a handful of small files with ``os.open``/``os.read`` (no buffered file
-objects, no psutil object graph) so one sample stays in the tens of microseconds. Parsers take
-text and are pure, so recorded fixtures exercise them exactly like the live kernel does.
+objects, no psutil object graph), so reading and parsing stay near a hundred microseconds.
+Parsers take text and are pure, so recorded fixtures exercise them exactly like the live
+kernel does.
 """
 
 from __future__ import annotations
