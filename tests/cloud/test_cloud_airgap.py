@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import FAKE_TOKEN, MakeClient, fast_config
+from cloud_helpers import FAKE_TOKEN, MakeClient, fast_config
 from fake_router import FakeRouter
 
 from edge_agent.cloud import (

@@ -7,7 +7,7 @@ from contextlib import aclosing
 from decimal import Decimal
 
 import pytest
-from conftest import FAKE_TOKEN, MakeClient
+from cloud_helpers import FAKE_TOKEN, MakeClient
 from fake_router import DEFAULT_WORDS, FakeRouter, Hang, Reply, Status
 
 from edge_agent.cloud import (

@@ -7,7 +7,7 @@ import functools
 from contextlib import aclosing
 
 import pytest
-from conftest import MakeClient
+from cloud_helpers import MakeClient
 from fake_router import FakeRouter, Hang, Status
 
 from edge_agent.cloud import (

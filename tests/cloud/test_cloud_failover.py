@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 
 import pytest
-from conftest import MakeClient
+from cloud_helpers import MakeClient
 from fake_router import DEFAULT_WORDS, Behaviour, FakeRouter, Hang, Reply, Status
 
 from edge_agent.cloud import (

@@ -9,7 +9,7 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
 import pytest
-from conftest import FAKE_TOKEN, MakeClient, fast_config
+from cloud_helpers import FAKE_TOKEN, MakeClient, fast_config
 from fake_router import Behaviour, FakeRouter, Hang, Reply, Status
 
 from edge_agent.cloud import (
