@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pressure_support import FIXTURES
 
 from edge_agent._tomlreader import TableReader
@@ -247,3 +249,26 @@ def test_fixture_files_are_the_kernel_format(tmp_path: Path) -> None:
                 kind, *fields = line.split()
                 assert kind in ("some", "full")
                 assert [f.split("=")[0] for f in fields] == ["avg10", "avg60", "avg300", "total"]
+
+
+@given(
+    values=st.lists(st.floats(min_value=0, max_value=100, allow_nan=False), max_size=60),
+    calm=st.integers(min_value=1, max_value=4),
+)
+def test_tracker_invariants(values: list[float], calm: int) -> None:
+    threshold = SignalThreshold(elevated=40, critical=70, elevated_exit=32, critical_exit=56)
+    tracker = LevelTracker({"cpu.psi_some_avg10": threshold}, calm_samples=calm)
+    previous = OK
+    below_exit = 0
+    for v in values:
+        level, reasons, _ = tracker.update({"cpu.psi_some_avg10": v})
+        entered = CR if v >= 70 else EL if v >= 40 else OK
+        # Never below what the value itself demands.
+        assert level >= entered
+        exit_of_previous = {CR: 56, EL: 32, OK: -1}[previous]
+        below_exit = below_exit + 1 if v < exit_of_previous else 0
+        if level < previous:
+            assert below_exit >= calm  # dropped only after enough calm samples
+            below_exit = 0
+        assert (level is OK) == (reasons == ())
+        previous = level
