@@ -20,6 +20,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from edge_agent.cloud._client import OutcomeObserver
 from edge_agent.cloud._config import FailoverMode
 from edge_agent.cloud._errors import (
     CloudRouterError,
@@ -64,16 +65,20 @@ async def failover_stream(
     first_token_timeout_s: float,
     inter_chunk_timeout_s: float,
     on_failover: Callable[[FailoverEvent], None] | None = None,
+    observer: OutcomeObserver | None = None,
 ) -> AsyncGenerator[StreamChunk, None]:
     """One stream from ``cloud``, falling back to ``local(text_so_far)`` as described above.
 
     The local stream is not put under these deadlines: the engine supervisor and the call's
-    own deadline govern it.
+    own deadline govern it. ``observer`` (the connectivity monitor) is told about failures
+    only this helper can see (its own deadlines, an early end); the router client reports
+    the others itself.
     """
     loop = asyncio.get_running_loop()
     first_deadline = loop.time() + first_token_timeout_s
     parts: list[str] = []
     failure: CloudError | None = None
+    own_failure = False
     try:
         while True:
             limit = first_deadline if not parts else loop.time() + inter_chunk_timeout_s
@@ -82,6 +87,7 @@ async def failover_stream(
                     chunk = await anext(cloud)
             except StopAsyncIteration:
                 failure = CloudStreamCut("the cloud stream ended without finishing")
+                own_failure = True
                 break
             except TimeoutError:
                 failure = CloudTimeout(
@@ -89,6 +95,7 @@ async def failover_stream(
                     if not parts
                     else "the cloud stream stalled between chunks"
                 )
+                own_failure = True
                 break
             except CloudError as exc:
                 failure = exc
@@ -102,6 +109,8 @@ async def failover_stream(
         await _aclose(cloud)
 
     assert failure is not None  # every path out of the loop without return sets it
+    if own_failure and observer is not None:
+        observer.record_failure(_kind(failure))
     text = "".join(parts)
     stage: Literal["before_first_token", "mid_stream"] = (
         "mid_stream" if parts else "before_first_token"

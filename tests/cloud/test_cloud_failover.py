@@ -16,10 +16,12 @@ from cloud_helpers import MakeClient
 from fake_router import DEFAULT_WORDS, Behaviour, FakeRouter, Hang, Reply, Status
 
 from edge_agent.cloud import (
+    BreakerState,
     ChatMessage,
     CloudChatRequest,
     CloudServerError,
     CloudStreamInterrupted,
+    ConnectivityMonitor,
     FailoverEvent,
     RouterClient,
     StreamChunk,
@@ -197,6 +199,28 @@ async def test_cut_mid_stream_fails_clearly_in_fail_mode(
     assert local.prefixes == []
     assert info.value.code.name == "UNAVAILABLE"
     assert events[0].action == "fail"
+
+
+async def test_own_deadlines_feed_the_monitor(router: FakeRouter, make_client: MakeClient) -> None:
+    # The cancelled cloud stream cannot report its own timeout: failover does it.
+    router.on_chat(Hang(), Hang())
+    client = make_client(total_timeout_s=30.0, read_timeout_s=30.0)
+    monitor = ConnectivityMonitor(client)
+    for _ in range(2):
+        stream = failover_stream(
+            client.stream_chat(REQUEST),
+            LocalEngine(),
+            mode="continue_local",
+            first_token_timeout_s=0.2,
+            inter_chunk_timeout_s=0.2,
+            observer=monitor,
+        )
+        async with asyncio.timeout(5), aclosing(stream):
+            assert text([c async for c in stream]) == "".join(LOCAL_FRESH)
+    snap = monitor.snapshot()
+    assert snap.requests_failed == 2
+    assert snap.last_failure_kind == "timeout"
+    assert snap.breaker is BreakerState.OPEN  # threshold 2 in the test config
 
 
 async def test_consumer_abandoning_the_stream_closes_both_sides(
