@@ -9,6 +9,8 @@ only verifies client certificates when it *requires* them, and here they are opt
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,7 +174,14 @@ def issue_client_certificate(
 
 
 class ClientCertVerifier:
-    """Verifies a presented client certificate chain and reads the identity from it."""
+    """Verifies a presented client certificate chain and reads the identity from it.
+
+    Successful verifications are cached per certificate chain until the chain's earliest
+    expiry (path validation costs more than a whole call otherwise); the cache lives as
+    long as this verifier, so a config reload (new CAs, new revocations) starts afresh.
+    """
+
+    _CACHE_SIZE = 1024
 
     def __init__(self, ca_pems: list[bytes], *, revoked_serials: frozenset[int] = frozenset()):
         roots: list[x509.Certificate] = []
@@ -183,6 +192,7 @@ class ClientCertVerifier:
                 raise ConfigError("tls.client_ca_files: not a PEM certificate file") from exc
         self._store = Store(roots) if roots else None
         self._revoked = revoked_serials
+        self._cache: OrderedDict[bytes, tuple[Identity, dt.datetime, dt.datetime]] = OrderedDict()
 
     @classmethod
     def from_files(
@@ -208,18 +218,29 @@ class ClientCertVerifier:
         """The identity in a verified certificate; Unauthenticated/PermissionDenied otherwise."""
         if self._store is None:
             raise Unauthenticated("client certificates are not accepted by this box")
+        at = now or dt.datetime.now(dt.UTC)
+        key = hashlib.sha256(leaf_pem + b"\0" + chain_pem).digest()
+        hit = self._cache.get(key)
+        if hit is not None and hit[1] <= at < hit[2]:
+            self._cache.move_to_end(key)
+            return hit[0]
+        identity, not_before, not_after = self._verify(leaf_pem, chain_pem, at)
+        self._cache[key] = (identity, not_before, not_after)
+        if len(self._cache) > self._CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return identity
+
+    def _verify(
+        self, leaf_pem: bytes, chain_pem: bytes, now: dt.datetime
+    ) -> tuple[Identity, dt.datetime, dt.datetime]:
+        assert self._store is not None
         try:
             leaf = x509.load_pem_x509_certificate(leaf_pem)
             others = x509.load_pem_x509_certificates(chain_pem) if chain_pem else []
         except ValueError as exc:
             raise Unauthenticated("the client certificate could not be parsed") from exc
         intermediates = [c for c in others if c != leaf]
-        verifier = (
-            PolicyBuilder()
-            .store(self._store)
-            .time(now or dt.datetime.now(dt.UTC))
-            .build_client_verifier()
-        )
+        verifier = PolicyBuilder().store(self._store).time(now).build_client_verifier()
         try:
             verified = verifier.verify(leaf, intermediates)
         except VerificationError as exc:
@@ -237,4 +258,6 @@ class ClientCertVerifier:
         cn = cns[0].value if cns else ""
         name = cn if isinstance(cn, str) and cn else f"serial-{leaf.serial_number:x}"
         role: Role = "operator" if roles[0] == "operator" else "client"
-        return Identity(name=name, role=role, method="cert")
+        not_before = max(c.not_valid_before_utc for c in verified.chain)
+        not_after = min(c.not_valid_after_utc for c in verified.chain)
+        return Identity(name=name, role=role, method="cert"), not_before, not_after
