@@ -166,7 +166,7 @@ async def main(calls: int, rounds: int) -> list[tuple[str, float]]:
                 ),
             ),
             (
-                "client cert, first sight (path validation)",
+                "client cert, first sight (CA load + path validation)",
                 _per_call(
                     lambda: fresh().authenticate(
                         peer="ipv4:1.2.3.4:5", auth_context=ctx, metadata=()
