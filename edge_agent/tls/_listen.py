@@ -136,6 +136,15 @@ def _prepare_unix_path(path: Path) -> None:
     path.unlink()
 
 
+def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    try:
+        if credentials is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, credentials)
+    except RuntimeError as exc:  # grpc's way of saying bind() failed
+        raise ConfigError(f"cannot listen on {address}") from exc
+
+
 def add_listeners(
     server: grpc.aio.Server,
     plan: Sequence[Listener],
@@ -154,11 +163,11 @@ def add_listeners(
             need_cert = listener.security == "mtls"
             if need_cert not in creds:
                 creds[need_cert] = server_credentials(tls, device, require_client_cert=need_cert)
-            port = server.add_secure_port(listener.address, creds[need_cert])
+            port = _bind(server, listener.address, creds[need_cert])
         else:
             if listener.security == "unix":
                 _prepare_unix_path(Path(listener.address.removeprefix("unix:")))
-            port = server.add_insecure_port(listener.address)
+            port = _bind(server, listener.address, None)
         if listener.security != "unix" and port == 0:
             raise ConfigError(f"cannot listen on {listener.address}")
         bound.append(BoundListener(listener, 0 if listener.security == "unix" else port))

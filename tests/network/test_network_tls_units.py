@@ -327,3 +327,20 @@ def test_rate_limiter_memory_is_bounded() -> None:
     for i in range(1000):
         limiter.check(Identity(f"c{i}", "client", "cert"))
     assert len(limiter._buckets) <= 100
+
+
+async def test_binding_a_busy_port_is_a_config_error(pki: Pki) -> None:
+    import socket
+
+    import grpc
+
+    from edge_agent.tls import add_listeners
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        with pytest.raises(ConfigError, match="cannot listen"):
+            add_listeners(server, [Listener(f"127.0.0.1:{port}", "tls")], pki.tls, pki.device)
+        await server.stop(None)
