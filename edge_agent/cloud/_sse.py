@@ -11,7 +11,7 @@ us buffer without bound.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 from edge_agent.cloud._errors import CloudProtocolError, CloudStreamError, upstream_message
@@ -129,7 +129,7 @@ class CompletionDelta:
 def _usage(raw: object) -> Usage | None:
     if raw is None:
         return None
-    if not isinstance(raw, Mapping):
+    if not isinstance(raw, dict):
         raise CloudProtocolError("the cloud usage report has an unexpected shape")
     return Usage(
         prompt_tokens=_count(raw.get("prompt_tokens")),
@@ -147,13 +147,14 @@ def parse_completion(event: SSEEvent, secrets: tuple[str, ...] = ()) -> Completi
     """Decode one data event of a streamed chat completion (not ``[DONE]``).
 
     Raises CloudStreamError for an in-stream ``error`` object and CloudProtocolError for
-    anything that is not a chat-completion chunk.
+    anything that is not a chat-completion chunk. (``dict`` checks, not ``Mapping``: the
+    input is always ``json.loads`` output and this runs once per token.)
     """
     try:
         payload = json.loads(event.data)
     except ValueError as exc:
         raise CloudProtocolError("the cloud event stream carried malformed JSON") from exc
-    if not isinstance(payload, Mapping):
+    if not isinstance(payload, dict):
         raise CloudProtocolError("the cloud event stream carried a non-object event")
     if "error" in payload or event.event == "error":
         detail = upstream_message(payload, secrets)
@@ -166,12 +167,12 @@ def parse_completion(event: SSEEvent, secrets: tuple[str, ...] = ()) -> Completi
     content = ""
     finish: str | None = None
     for choice in choices:
-        if not isinstance(choice, Mapping):
+        if not isinstance(choice, dict):
             raise CloudProtocolError("the cloud chunk has a malformed choice")
         if choice.get("index", 0) != 0:
             continue  # we always ask for n=1
         delta = choice.get("delta") or {}
-        if not isinstance(delta, Mapping):
+        if not isinstance(delta, dict):
             raise CloudProtocolError("the cloud chunk has a malformed delta")
         text = delta.get("content")
         if text is not None and not isinstance(text, str):
