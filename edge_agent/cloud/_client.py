@@ -13,10 +13,8 @@ code path that slipped past the first check cannot open a socket.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import re
-import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any, Protocol
@@ -38,6 +36,7 @@ from edge_agent.cloud._errors import (
 )
 from edge_agent.cloud._models import ModelCatalog, ModelRef, parse_model_ref, parse_models_response
 from edge_agent.cloud._sse import DONE, SSEEvent, iter_sse, parse_completion
+from edge_agent.cloud._transport import AirGapGuard, tls_context
 from edge_agent.cloud._types import CloudChatRequest, StreamChunk, Usage
 from edge_agent.errors import EdgeAgentError, InvalidArgument
 
@@ -52,35 +51,12 @@ _MAX_CATALOG = 16 * 1024 * 1024
 _PROBE_OK = frozenset({404, 405})  # the router answered: reachable even if HEAD is not served
 
 
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    # Loading the CA bundle costs a noticeable fraction of a second on a small box; clients
-    # are re-created (air-gap toggles, config reloads), the verified context can be shared.
-    return httpx.create_ssl_context()
-
-
 class OutcomeObserver(Protocol):
     """Receives the outcome of every real chat request (the connectivity monitor)."""
 
     def record_success(self, latency_ms: float | None = None) -> None: ...
 
     def record_failure(self, kind: str, retry_after_s: float | None = None) -> None: ...
-
-
-class _AirGapGuard(httpx.AsyncBaseTransport):
-    """Refuses to send while the client is air-gapped: the last line before a socket."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport, blocked: Callable[[], bool]) -> None:
-        self._inner = inner
-        self._blocked = blocked
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self._blocked():
-            raise CloudDisabled("the cloud route is disabled: this box is air-gapped")
-        return await self._inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
 
 
 class RouterClient:
@@ -186,11 +162,11 @@ class RouterClient:
                 ),
                 proxy=c.proxy,
                 retries=0,
-                verify=_tls_context(),
+                verify=tls_context(),
             )
             self._http = httpx.AsyncClient(
                 base_url=c.base_url + "/",
-                transport=_AirGapGuard(inner, lambda: self._air_gapped),
+                transport=AirGapGuard(inner, lambda: self._air_gapped),
                 timeout=httpx.Timeout(
                     connect=c.connect_timeout_s,
                     read=c.read_timeout_s,
