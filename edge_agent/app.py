@@ -1,8 +1,9 @@
 """The composition root: builds the managers, the gRPC server, and runs the lifecycle.
 
-Start: engine (model loaded) → server bound and started → health SERVING.
-Stop (SIGTERM/SIGINT), each stage bounded: health NOT_SERVING → stop accepting and drain
-streams within the grace → engine worker stopped → exit 0.
+Start: pressure monitor → engine (model loaded, systemd start timeout extended meanwhile) →
+server bound and started → health SERVING → READY=1, watchdog.
+Stop (SIGTERM/SIGINT), each stage bounded: STOPPING=1 → health NOT_SERVING → stop accepting
+and drain streams within the grace → engine worker stopped → side loops stopped → exit 0.
 """
 
 from __future__ import annotations
@@ -19,24 +20,24 @@ from grpc_health.v1 import health_pb2
 
 import edge_agent
 from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
-from edge_agent.chat import ChatChunk, ChatSpec
+from edge_agent.chat import CallContext, ChatChunk, ChatSpec
 from edge_agent.config import AgentConfig
 from edge_agent.engine import EngineSupervisor, identity_from_dir
 from edge_agent.errors import ConfigError
 from edge_agent.inference import InferenceService
+from edge_agent.metrics import Metrics, MetricsServer
+from edge_agent.pressure import AdmissionController, PressureMonitor, PressureSnapshot
 from edge_agent.rpc.inference_api import InferenceApi
 from edge_agent.rpc.server import INFERENCE_SERVICE, BuiltServer, build_server
+from edge_agent.rpc.status import StatusView, local_model_info, status_to_proto
+from edge_agent.sdnotify import SystemdNotifier, WatchdogLoop, extending_timeout
 
 __all__ = ["Agent", "default_model_dir"]
 
 _log = logging.getLogger(__name__)
 
-_SERVING_STATE = {
-    "starting": pb.SERVING_STATE_STARTING,
-    "ready": pb.SERVING_STATE_SERVING,
-    "restarting": pb.SERVING_STATE_DEGRADED,
-    "stopped": pb.SERVING_STATE_STOPPING,
-}
+# A worker that has not answered a ping for this long is wedged: let systemd restart us.
+_ENGINE_LIVENESS_S = 120.0
 
 
 def default_model_dir() -> Path:
@@ -54,67 +55,98 @@ def default_model_dir() -> Path:
 class Agent:
     """One running daemon."""
 
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, *, notifier: SystemdNotifier | None = None) -> None:
         self.config = config
+        self.notifier = notifier if notifier is not None else SystemdNotifier()
         model_dir = config.engine.model_dir or default_model_dir()
+        self.metrics = Metrics(version=edge_agent.__version__)
         self.engine = EngineSupervisor(
             config.engine, identity_from_dir(model_dir), on_state=self._on_engine_state
         )
-        self.inference = InferenceService(self.engine)
+        self.pressure = PressureMonitor(config.pressure, engine_load=self.engine.load)
+        self.admission = AdmissionController(
+            config.pressure.admission,
+            max_active=config.engine.lanes * config.engine.max_batch_size,
+            snapshot=lambda: self.pressure.snapshot,
+        )
+        self.inference = InferenceService(
+            self.engine,
+            admission=self.admission,
+            metrics=self.metrics,
+            request_overhead_bytes=config.pressure.admission.request_overhead_bytes,
+        )
         self._api = InferenceApi(self._chat, self._status, self._models, config.engine)
+        self._metrics_server: MetricsServer | None = None
+        self._watchdog = WatchdogLoop(self.notifier)
         self._built: BuiltServer | None = None
         self._started_at = time.monotonic()
         self._stopping = False
         self._stop_requested = asyncio.Event()
+        self._restarts_seen = 0
 
     @property
     def ports(self) -> list[int]:
         return self._built.ports if self._built else []
 
+    @property
+    def metrics_port(self) -> int | None:
+        return self._metrics_server.port if self._metrics_server else None
+
     # -- domain callbacks the API layer uses ----------------------------------------------
 
-    def _chat(self, spec: ChatSpec) -> AsyncIterator[ChatChunk]:
-        return self.inference.chat(spec)
+    def _chat(self, spec: ChatSpec, call: CallContext) -> AsyncIterator[ChatChunk]:
+        return self.inference.chat(spec, call)
 
     def _models(self) -> list[pb.ModelInfo]:
-        model, info = self.engine.model, self.engine.info
-        return [
-            pb.ModelInfo(
-                name=model.name,
-                version=model.version,
-                destination=pb.DESTINATION_LOCAL,
-                architecture=model.architecture,
-                quantization=model.quantization,
-                execution_provider=info.execution_provider if info else "",
-                context_length=info.context_length if info else 0,
-                active=True,
-            )
-        ]
+        return [local_model_info(self.engine.model, self.engine.status())]
+
+    def status_view(self) -> StatusView:
+        return StatusView(
+            agent_version=edge_agent.__version__,
+            stopping=self._stopping,
+            model=self.engine.model,
+            engine=self.engine.status(),
+            uptime_s=time.monotonic() - self._started_at,
+            pressure=self.pressure.snapshot,
+        )
 
     def _status(self) -> pb.GetStatusResponse:
-        engine = self.engine.status()
-        state = pb.SERVING_STATE_STOPPING if self._stopping else _SERVING_STATE[engine.state]
-        return pb.GetStatusResponse(
-            agent_version=edge_agent.__version__,
-            state=state,
-            active_model=self._models()[0],
-            engine=pb.EngineStatus(
-                state=engine.state,
-                execution_provider=engine.execution_provider,
-                restarts=engine.restarts,
-                active_requests=engine.active_requests,
-                queued_requests=engine.queued_requests,
-                lanes=engine.lanes,
-                max_batch_size=engine.max_batch_size,
-            ),
-            uptime_s=time.monotonic() - self._started_at,
-        )
+        return status_to_proto(self.status_view())
+
+    def status_line(self) -> str:
+        """The systemd STATUS= line: model, provider, pressure, connectivity."""
+        view = self.status_view()
+        parts = [
+            f"{view.model.name} {view.model.version} on {view.engine.execution_provider or '?'}",
+            f"engine {view.engine.state}",
+            f"{view.engine.active_requests} active",
+        ]
+        if view.pressure is not None:
+            parts.append(f"pressure {view.pressure.level.label}")
+        return "; ".join(parts)
+
+    def _on_pressure(self, snapshot: PressureSnapshot) -> None:
+        self.metrics.observe_pressure(snapshot)
+        self.metrics.observe_admission(self.admission.stats)
+        status = self.engine.status()
+        if status.restarts > self._restarts_seen:
+            for _ in range(status.restarts - self._restarts_seen):
+                self.metrics.engine_restarted()
+            self._restarts_seen = status.restarts
+        if not self._stopping:
+            self.notifier.status(self.status_line())
 
     def _on_engine_state(self, state: str) -> None:
         if self._built is None or self._stopping:
             return
-        serving = state == "ready"
-        asyncio.get_running_loop().create_task(self._set_health(serving))
+        info = self.engine.info
+        if state == "ready" and info is not None:
+            self.admission.set_max_active(info.lanes * info.max_batch_size)
+            self.metrics.set_model(
+                self.engine.model.name, self.engine.model.version, info.execution_provider
+            )
+        self.notifier.status(self.status_line())
+        asyncio.get_running_loop().create_task(self._set_health(state == "ready"))
 
     async def _set_health(self, serving: bool) -> None:
         if self._built is None or self._stopping:
@@ -127,27 +159,41 @@ class Agent:
         for name in ("", INFERENCE_SERVICE):
             await self._built.health.set(name, status)
 
+    def _engine_alive(self) -> bool:
+        # A restarting engine is handled by the supervisor; a silent one is wedged.
+        return self.engine.state != "ready" or self.engine.last_pong_age_s < _ENGINE_LIVENESS_S
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._built = build_server(self.config.server, self._api)
         await self._set_health(False)
-        await self.engine.start()
+        await self.pressure.start()
+        self.pressure.add_listener(self.admission.on_snapshot)
+        self.pressure.add_listener(self._on_pressure)
+        if self.config.metrics.enabled:
+            self._metrics_server = MetricsServer(
+                self.metrics, self.config.metrics.address, self.config.metrics.port
+            )
+            self._metrics_server.start()
+        self.notifier.status(f"loading {self.engine.model.name}")
+        async with extending_timeout(self.notifier):
+            await self.engine.start()
+        self._on_engine_state(self.engine.state)
         await self._built.server.start()
         await self._set_health(self.engine.state == "ready")
-        _log.info(
-            "serving %s %s on %s (ports %s)",
-            self.engine.model.name,
-            self.engine.model.version,
-            self.engine.info.execution_provider if self.engine.info else "?",
-            self.ports,
-        )
+        self._watchdog.add_check("engine", self._engine_alive)
+        if self.notifier.watchdog_usec is not None:
+            self._watchdog.start()
+        self.notifier.ready(self.status_line())
+        _log.info("serving %s (ports %s)", self.status_line(), self.ports)
 
     async def stop(self) -> None:
         """Staged stop; each stage is bounded so the whole fits systemd's stop timeout."""
         if self._stopping:
             return
         self._stopping = True
+        self.notifier.stopping("draining streams")
         grace = self.config.server.grace_s
         if self._built is not None:
             with contextlib.suppress(TimeoutError):
@@ -155,7 +201,12 @@ class Agent:
                     await self._built.health.enter_graceful_shutdown()
             # Refuses new RPCs at once and waits up to `grace` for in-flight streams.
             await self._built.server.stop(grace)
+        await self._watchdog.stop()
         await self.engine.stop()
+        await self.pressure.stop()
+        if self._metrics_server is not None:
+            await self._metrics_server.aclose()
+        self.notifier.close()
         _log.info("stopped")
 
     def request_stop(self) -> None:

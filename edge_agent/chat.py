@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from edge_agent.engine import Message
 
 __all__ = [
+    "CallContext",
     "ChatChunk",
     "ChatSpec",
     "DataClass",
@@ -88,3 +89,12 @@ class ChatChunk:
     usage: Usage | None = None
     provenance: Provenance | None = None
     timing: Timing | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """Who asked, and until when the answer is useful."""
+
+    client_id: str = "anonymous"
+    request_id: str = ""
+    deadline: float | None = None  # a time.monotonic() instant

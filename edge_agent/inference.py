@@ -1,15 +1,17 @@
-"""The inference manager: turns a validated chat request into a stream of answer chunks.
+"""The local inference path: admission, generation, and the answer's metadata.
 
-It checks what only the running model can tell (context length), runs the generation on the
-engine supervisor, and attaches usage, timing and provenance to the final chunk.
+It checks what only the running model can tell (context length), waits for admission
+(memory, concurrency, pressure), runs the generation on the engine supervisor, and attaches
+usage, timing and provenance to the final chunk.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 
-from edge_agent.chat import ChatChunk, ChatSpec, Provenance, Timing, Usage
+from edge_agent.chat import CallContext, ChatChunk, ChatSpec, Provenance, Timing, Usage
 from edge_agent.engine import (
     Delta,
     EngineSupervisor,
@@ -17,30 +19,86 @@ from edge_agent.engine import (
     GenerationRequest,
     Started,
 )
-from edge_agent.errors import InvalidArgument
+from edge_agent.errors import EdgeAgentError, InvalidArgument
+from edge_agent.metrics import Metrics
+from edge_agent.pressure import (
+    AdmissionController,
+    estimate_request_bytes,
+    kv_bytes_per_token_from_genai_config,
+)
 
-__all__ = ["InferenceService"]
+__all__ = ["InferenceService", "estimate_prompt_tokens"]
+
+# A BPE token is rarely shorter than 2 characters of English; erring high is the safe side
+# for memory admission. The worker counts the real number.
+_CHARS_PER_TOKEN_LOW = 2
+_TEMPLATE_TOKENS = 8
+_NO_CONTEXT = CallContext()
+
+
+def estimate_prompt_tokens(spec: ChatSpec) -> int:
+    chars = sum(len(m.content) for m in spec.messages)
+    return chars // _CHARS_PER_TOKEN_LOW + _TEMPLATE_TOKENS * len(spec.messages)
 
 
 class InferenceService:
     """Local chat on the supervised engine."""
 
-    def __init__(self, engine: EngineSupervisor) -> None:
+    def __init__(
+        self,
+        engine: EngineSupervisor,
+        *,
+        admission: AdmissionController | None = None,
+        metrics: Metrics | None = None,
+        request_overhead_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
         self._engine = engine
+        self._admission = admission
+        self._metrics = metrics
+        self._overhead = request_overhead_bytes
+        self._kv_per_token: tuple[str, int] | None = None
 
     @property
     def engine(self) -> EngineSupervisor:
         return self._engine
 
-    def _to_generation(self, spec: ChatSpec) -> GenerationRequest:
+    def context_length(self) -> int:
         info = self._engine.info
-        if (
-            info is not None
-            and spec.max_tokens is not None
-            and spec.max_tokens >= info.context_length
-        ):
+        return info.context_length if info else 0
+
+    def kv_bytes_per_token(self) -> int:
+        """KV-cache bytes per token of the active model on its provider (cached per model)."""
+        model, info = self._engine.model, self._engine.info
+        key = f"{model.model_dir}:{info.execution_provider if info else ''}"
+        if self._kv_per_token is None or self._kv_per_token[0] != key:
+            # CPU keeps the KV cache in fp32 for int4 models; accelerators in fp16.
+            element = 4 if info is None or info.execution_provider == "cpu" else 2
+            try:
+                config = json.loads((model.model_dir / "genai_config.json").read_text())
+                per_token = kv_bytes_per_token_from_genai_config(config, element)
+            except (OSError, ValueError, KeyError, TypeError):
+                per_token = model.kv_bytes_per_token
+            self._kv_per_token = (key, per_token)
+        return self._kv_per_token[1]
+
+    def estimate_cost_bytes(self, spec: ChatSpec) -> int:
+        context = self.context_length()
+        prompt = min(estimate_prompt_tokens(spec), context)
+        max_tokens = spec.max_tokens if spec.max_tokens is not None else max(context - prompt, 0)
+        # The runtime allocates the KV buffer for the whole context up front (shared buffer).
+        return estimate_request_bytes(
+            self.kv_bytes_per_token(),
+            prompt,
+            max_tokens,
+            self._overhead,
+            preallocated_tokens=context or None,
+        )
+
+    def _to_generation(self, spec: ChatSpec) -> GenerationRequest:
+        context = self.context_length()
+        if context and spec.max_tokens is not None and spec.max_tokens >= context:
             raise InvalidArgument(
-                "max_tokens", f"must be below the model's context of {info.context_length} tokens"
+                "max_tokens", f"must be below the model's context of {context} tokens"
             )
         return GenerationRequest(
             messages=spec.messages,
@@ -54,21 +112,74 @@ class InferenceService:
         )
 
     async def chat(
-        self, spec: ChatSpec, *, reason: str = "local.default"
+        self, spec: ChatSpec, call: CallContext = _NO_CONTEXT, *, reason: str = "local.default"
     ) -> AsyncIterator[ChatChunk]:
         """Stream the local answer; closing the iterator cancels the generation."""
         request = self._to_generation(spec)
+        t0 = time.perf_counter()
+        outcome, usage, t_first = "error", None, None
+        try:
+            if self._admission is None:
+                async for chunk in self._generate(request, t0, t0, reason):
+                    yield chunk
+                    usage, t_first = self._observe(chunk, usage, t_first)
+            else:
+                cost = self.estimate_cost_bytes(spec)
+                async with self._admission.admit(
+                    cost_bytes=cost, priority=spec.priority, deadline=call.deadline
+                ):
+                    t_admitted = time.perf_counter()
+                    async for chunk in self._generate(request, t0, t_admitted, reason):
+                        yield chunk
+                        usage, t_first = self._observe(chunk, usage, t_first)
+            outcome = "ok"
+        except EdgeAgentError as exc:
+            outcome = exc.code.name.lower()
+            raise
+        except GeneratorExit:
+            outcome = "cancelled"
+            raise
+        finally:
+            self._record(outcome, usage, t0, t_first)
+
+    @staticmethod
+    def _observe(
+        chunk: ChatChunk, usage: Usage | None, t_first: float | None
+    ) -> tuple[Usage | None, float | None]:
+        if t_first is None and chunk.delta:
+            t_first = time.perf_counter()
+        return (chunk.usage or usage), t_first
+
+    def _record(self, outcome: str, usage: Usage | None, t0: float, t_first: float | None) -> None:
+        if self._metrics is None:
+            return
+        end = time.perf_counter()
+        per_token = None
+        if usage is not None and usage.completion_tokens > 1 and t_first is not None:
+            per_token = (end - t_first) / (usage.completion_tokens - 1)
+        self._metrics.request_finished(
+            outcome,
+            "local",
+            tokens_in=usage.prompt_tokens if usage else 0,
+            tokens_out=usage.completion_tokens if usage else 0,
+            ttft_s=(t_first - t0) if t_first is not None else None,
+            per_token_s=per_token,
+            duration_s=end - t0,
+        )
+
+    async def _generate(
+        self, request: GenerationRequest, t0: float, t_admitted: float, reason: str
+    ) -> AsyncIterator[ChatChunk]:
         model = self._engine.model
         info = self._engine.info
-        t0 = time.perf_counter()
-        t_start = t_first = None
+        t_first = None
         async for event in self._engine.generate(request):
             if isinstance(event, Delta):
                 if t_first is None:
                     t_first = time.perf_counter()
                 yield ChatChunk(delta=event.text)
             elif isinstance(event, Started):
-                t_start = time.perf_counter()
+                continue
             elif isinstance(event, Finished):
                 end = time.perf_counter()
                 first = t_first if t_first is not None else end
@@ -83,7 +194,7 @@ class InferenceService:
                         decision_reason=reason,
                     ),
                     timing=Timing(
-                        queue_ms=((t_start or t0) - t0) * 1000,
+                        queue_ms=(t_admitted - t0) * 1000,
                         time_to_first_token_ms=(first - t0) * 1000,
                         total_ms=(end - t0) * 1000,
                     ),

@@ -115,7 +115,7 @@ class Daemon:
             f'[paths]\nstate_dir = "{tmp}/state"\nruntime_dir = "{tmp}/run"\n'
             f'[server]\nlisten = ["127.0.0.1:{self.port}"]\n'
             f'[engine]\nmodel_dir = "{model_dir}"\nlanes = {lanes}\nintra_op_threads = {threads}\n'
-            '[logging]\nlevel = "WARNING"\n'
+            '[logging]\nlevel = "WARNING"\n[metrics]\nport = 0\n'
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edge_agent.cli", "serve", "--config", str(config)]

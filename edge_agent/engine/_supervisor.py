@@ -37,6 +37,7 @@ from edge_agent.errors import (
     FailedPrecondition,
     InvalidArgument,
 )
+from edge_agent.pressure import EngineLoad
 
 __all__ = ["EngineSupervisor", "identity_from_dir"]
 
@@ -131,6 +132,13 @@ class EngineSupervisor:
             max_batch_size=info.max_batch_size if info else self._config.max_batch_size,
             context_length=info.context_length if info else 0,
             worker_stats=dict(self._stats),
+        )
+
+    def load(self) -> EngineLoad:
+        """What the pressure monitor samples about the engine's own work."""
+        return EngineLoad(
+            active_requests=len(self._streams),
+            queued_requests=int(self._stats.get("waiting", 0)),
         )
 
     def _set_state(self, state: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -10,13 +11,15 @@ from grpc import aio
 
 from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
 from edge_agent._proto.edge_agent.v1 import inference_pb2_grpc as pb_grpc
-from edge_agent.chat import ChatChunk, ChatSpec
+from edge_agent.chat import CallContext, ChatChunk, ChatSpec
 from edge_agent.config import EngineConfig
 from edge_agent.rpc.convert import chat_spec_from_proto, chunk_to_proto
+from edge_agent.rpc.interceptors import request_id
 
 __all__ = ["ChatHandler", "InferenceApi"]
 
-ChatHandler = Callable[[ChatSpec], AsyncIterator[ChatChunk]]
+ChatHandler = Callable[[ChatSpec, CallContext], AsyncIterator[ChatChunk]]
+ClientIdentity = Callable[[], str]
 StatusProvider = Callable[[], pb.GetStatusResponse]
 ModelsProvider = Callable[[], list[pb.ModelInfo]]
 
@@ -28,8 +31,10 @@ class InferenceApi(pb_grpc.InferenceServicer):
         status: StatusProvider,
         models: ModelsProvider,
         limits: EngineConfig,
+        client_id: ClientIdentity = lambda: "anonymous",
     ) -> None:
         self._chat = chat
+        self._client_id = client_id
         self._status = status
         self._models = models
         self._limits = limits
@@ -38,9 +43,16 @@ class InferenceApi(pb_grpc.InferenceServicer):
         self, request: pb.ChatRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ChatResponse]:
         spec = chat_spec_from_proto(request, self._limits)
+        rid = request_id(context)
+        remaining = context.time_remaining()
+        call = CallContext(
+            client_id=self._client_id(),
+            request_id=rid,
+            deadline=time.monotonic() + remaining if remaining is not None else None,
+        )
         response_id = f"chat-{uuid.uuid4().hex[:24]}"
         # Leaving this loop (client gone, deadline) closes the stream, which cancels the work.
-        stream = self._chat(spec)
+        stream = self._chat(spec, call)
         try:
             async for chunk in stream:
                 yield chunk_to_proto(chunk, response_id)

@@ -12,6 +12,7 @@ from typing import Any
 
 from edge_agent.app import Agent, default_model_dir
 from edge_agent.config import AgentConfig, EngineConfig, ServerConfig, default_config
+from edge_agent.metrics import MetricsConfig
 
 DEMO_MODEL = default_model_dir()
 
@@ -32,6 +33,7 @@ def make_config(tmp: Path, **engine: Any) -> AgentConfig:
         default_config(tmp / "state"),
         server=ServerConfig(listen=("127.0.0.1:0",), grace_s=5.0),
         engine=EngineConfig(model_dir=DEMO_MODEL, restart_backoff_s=0.2, **engine),
+        metrics=MetricsConfig(port=0),
     )
 
 

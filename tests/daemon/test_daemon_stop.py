@@ -30,6 +30,7 @@ def _serve(tmp_path: Path, grace_s: float) -> tuple[subprocess.Popen[bytes], str
         f'[paths]\nstate_dir = "state"\nruntime_dir = "run"\n'
         f'[server]\nlisten = ["127.0.0.1:{port}"]\ngrace_s = {grace_s}\n'
         f'[engine]\nmodel_dir = "{DEMO_MODEL}"\n'
+        "[metrics]\nport = 0\n"
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge_agent.cli", "serve", "--config", str(config)],
