@@ -30,6 +30,9 @@ case "$cmd" in
     "$VENV/bin/ruff" check edge_agent tests scripts
     "$VENV/bin/ruff" format --check edge_agent tests scripts
     "$VENV/bin/mypy"
+    for dir in tests/*/; do
+      "$VENV/bin/mypy" "$dir"
+    done
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   *)
