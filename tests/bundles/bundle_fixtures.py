@@ -173,3 +173,22 @@ class FileHost:
         if self.fail_probe:
             raise EngineUnavailable(self.fail_probe)
         assert self._read(self.active) == self.active_release
+
+
+def run_installer(state: str, archive: str, also_rollback: bool) -> None:
+    """Child process body for the crash test: what the daemon does on a push (maybe rollback).
+
+    It lives here (preloaded by the forkserver) so a child starts in milliseconds.
+    """
+    import asyncio
+
+    from edge_agent.bundles import BundleManager
+
+    async def run() -> None:
+        m = BundleManager(small_config(), state_dir=Path(state), host=FileHost())
+        m.recover()
+        await m.install_archive(Path(archive))
+        if also_rollback:
+            await m.rollback()
+
+    asyncio.run(run())
