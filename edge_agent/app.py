@@ -22,15 +22,27 @@ import edge_agent
 from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
 from edge_agent.chat import CallContext, ChatChunk, ChatSpec
 from edge_agent.config import AgentConfig
+from edge_agent.credentials import CredentialStore
+from edge_agent.discovery import Advertiser, BoxAnnouncement
 from edge_agent.engine import EngineSupervisor, identity_from_dir
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, Unavailable
 from edge_agent.inference import InferenceService
 from edge_agent.metrics import Metrics, MetricsServer
 from edge_agent.pressure import AdmissionController, PressureMonitor, PressureSnapshot
+from edge_agent.rpc.auth import AuthInterceptor, MethodRoles
 from edge_agent.rpc.inference_api import InferenceApi
 from edge_agent.rpc.server import INFERENCE_SERVICE, BuiltServer, build_server
 from edge_agent.rpc.status import StatusView, local_model_info, status_to_proto
 from edge_agent.sdnotify import SystemdNotifier, WatchdogLoop, extending_timeout
+from edge_agent.tls import (
+    Authenticator,
+    DeviceCertificate,
+    RateLimiter,
+    current_identity,
+    ensure_device_certificate,
+    listen_plan,
+    secure_unix_sockets,
+)
 
 __all__ = ["Agent", "default_model_dir"]
 
@@ -50,6 +62,11 @@ def default_model_dir() -> Path:
         if (candidate / "genai_config.json").is_file():
             return candidate
     raise ConfigError("engine.model_dir: not set and no embedded demo model was found")
+
+
+def _client_id() -> str:
+    identity = current_identity()
+    return identity.client_id if identity is not None else "anonymous"
 
 
 class Agent:
@@ -75,7 +92,15 @@ class Agent:
             metrics=self.metrics,
             request_overhead_bytes=config.pressure.admission.request_overhead_bytes,
         )
-        self._api = InferenceApi(self._chat, self._status, self._models, config.engine)
+        self._api = InferenceApi(
+            self._chat, self._status, self._models, config.engine, client_id=_client_id
+        )
+        self._plan = listen_plan(config.tls, config.server.listen)
+        # The device's own key pair (created at first start) names the box and opens tokens.
+        self.credentials = CredentialStore.from_config(config.credentials)
+        self.device_id = self.credentials.identity.device_id
+        self.device_cert: DeviceCertificate | None = None
+        self._advertiser: Advertiser | None = None
         self._metrics_server: MetricsServer | None = None
         self._watchdog = WatchdogLoop(self.notifier)
         self._built: BuiltServer | None = None
@@ -86,7 +111,12 @@ class Agent:
 
     @property
     def ports(self) -> list[int]:
-        return self._built.ports if self._built else []
+        """The bound TCP port of each ``server.listen`` address, in order."""
+        if self._built is None:
+            return []
+        return [
+            self._built.port_of(a) for a in self.config.server.listen if not a.startswith("unix:")
+        ]
 
     @property
     def metrics_port(self) -> int | None:
@@ -95,6 +125,9 @@ class Agent:
     # -- domain callbacks the API layer uses ----------------------------------------------
 
     def _chat(self, spec: ChatSpec, call: CallContext) -> AsyncIterator[ChatChunk]:
+        if self._stopping:
+            # Between SIGTERM and the server refusing calls, new work is already refused.
+            raise Unavailable("the service is stopping; retry on another box or later")
         return self.inference.chat(spec, call)
 
     def _models(self) -> list[pb.ModelInfo]:
@@ -108,6 +141,8 @@ class Agent:
             engine=self.engine.status(),
             uptime_s=time.monotonic() - self._started_at,
             pressure=self.pressure.snapshot,
+            tls_fingerprint=self.device_cert.fingerprint if self.device_cert else "",
+            device_id=self.device_id,
         )
 
     def _status(self) -> pb.GetStatusResponse:
@@ -135,6 +170,17 @@ class Agent:
             self._restarts_seen = status.restarts
         if not self._stopping:
             self.notifier.status(self.status_line())
+            self._announce(pressure=snapshot.level.label)
+
+    def _announce(self, **changes: str) -> None:
+        """Update the mDNS TXT record when something it carries changed."""
+        adv = self._advertiser
+        if adv is None or self._stopping:
+            return
+        current = adv.announcement
+        if all(getattr(current, k) == v for k, v in changes.items()):
+            return
+        asyncio.get_running_loop().create_task(adv.update(**changes))
 
     def _on_engine_state(self, state: str) -> None:
         if self._built is None or self._stopping:
@@ -144,6 +190,11 @@ class Agent:
             self.admission.set_max_active(info.lanes * info.max_batch_size)
             self.metrics.set_model(
                 self.engine.model.name, self.engine.model.version, info.execution_provider
+            )
+            self._announce(
+                model=self.engine.model.name,
+                model_version=self.engine.model.version,
+                execution_provider=info.execution_provider,
             )
         self.notifier.status(self.status_line())
         asyncio.get_running_loop().create_task(self._set_health(state == "ready"))
@@ -165,8 +216,51 @@ class Agent:
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    def _build(self) -> BuiltServer:
+        cfg = self.config
+        if (
+            any(listener.security in ("tls", "mtls") for listener in self._plan)
+            or cfg.discovery.enabled
+        ):
+            self.device_cert = ensure_device_certificate(cfg.tls)
+        auth = AuthInterceptor(
+            Authenticator.from_config(cfg.tls, cfg.auth), RateLimiter(cfg.auth), MethodRoles()
+        )
+        return build_server(
+            cfg.server,
+            self._api,
+            plan=self._plan,
+            tls=cfg.tls,
+            device=self.device_cert,
+            extra_interceptors=[auth],
+        )
+
+    async def _advertise(self) -> None:
+        if not self.config.discovery.enabled or self.device_cert is None or not self.ports:
+            return
+        info = self.engine.info
+        snapshot = self.pressure.snapshot
+        self._advertiser = Advertiser(
+            self.config.discovery,
+            port=self.ports[0],
+            announcement=BoxAnnouncement(
+                fingerprint=self.device_cert.fingerprint,
+                device_id=self.device_id,
+                model=self.engine.model.name,
+                model_version=self.engine.model.version,
+                execution_provider=info.execution_provider if info else "",
+                pressure=snapshot.level.label if snapshot else "ok",
+            ),
+        )
+        try:
+            await self._advertiser.start()
+        except Exception:
+            # mDNS is a convenience: a LAN without multicast must not stop the service.
+            _log.exception("mDNS advertisement failed; serving without it")
+            self._advertiser = None
+
     async def start(self) -> None:
-        self._built = build_server(self.config.server, self._api)
+        self._built = self._build()
         await self._set_health(False)
         await self.pressure.start()
         self.pressure.add_listener(self.admission.on_snapshot)
@@ -181,7 +275,9 @@ class Agent:
             await self.engine.start()
         self._on_engine_state(self.engine.state)
         await self._built.server.start()
+        secure_unix_sockets(self._built.bound, self.config.tls.admin_socket_mode)
         await self._set_health(self.engine.state == "ready")
+        await self._advertise()
         self._watchdog.add_check("engine", self._engine_alive)
         if self.notifier.watchdog_usec is not None:
             self._watchdog.start()
@@ -193,12 +289,17 @@ class Agent:
         if self._stopping:
             return
         self._stopping = True
-        self.notifier.stopping("draining streams")
         grace = self.config.server.grace_s
         if self._built is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2):
                     await self._built.health.enter_graceful_shutdown()
+        self.notifier.stopping("draining streams")
+        if self._advertiser is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await self._advertiser.stop()  # goodbye packets: clients forget us now
+        if self._built is not None:
             # Refuses new RPCs at once and waits up to `grace` for in-flight streams.
             await self._built.server.stop(grace)
         await self._watchdog.stop()

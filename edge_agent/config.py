@@ -7,6 +7,7 @@ file path, and every path in the file may be relative to the file's folder.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,12 +232,20 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> AgentC
             parse_credentials_config, root.table("credentials"), state_dir=state, base=base
         ),
         audit=_finished(parse_audit_config, root.table("audit"), state_dir=state, base=base),
-        tls=_finished(parse_tls_config, root.table("tls"), state_dir=state),
+        tls=_parse_tls(root.table("tls"), paths),
         auth=_finished(parse_auth_config, root.table("auth")),
         discovery=_finished(parse_discovery_config, root.table("discovery")),
     )
     root.finish()
     return cfg
+
+
+def _parse_tls(reader: TableReader, paths: PathsConfig) -> TlsConfig:
+    tls: TlsConfig = _finished(parse_tls_config, reader, state_dir=paths.state_dir)
+    if not reader.has("admin_socket"):
+        # The admin socket lives with the other runtime files unless placed explicitly.
+        tls = dataclasses.replace(tls, admin_socket=paths.runtime_dir / "admin.sock")
+    return tls
 
 
 def _finished(parse: Any, reader: TableReader, **kwargs: Any) -> Any:

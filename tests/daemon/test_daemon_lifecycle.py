@@ -17,7 +17,7 @@ from edge_agent._proto.edge_agent.v1 import inference_pb2_grpc as pb_grpc
 
 
 def _long(text: str = "Write a very long story.") -> pb.ChatRequest:
-    return pb.ChatRequest(messages=[pb.ChatMessage(role="user", content=text)], max_tokens=400)
+    return pb.ChatRequest(messages=[pb.ChatMessage(role="user", content=text)], max_tokens=480)
 
 
 def _wait_idle(daemon: RunningAgent, timeout_s: float = 10.0) -> dict[str, int]:
@@ -51,7 +51,7 @@ def test_client_cancel_frees_the_engine(daemon: RunningAgent, channel: grpc.Chan
 def test_deadline_exceeded_frees_the_engine(daemon: RunningAgent, channel: grpc.Channel) -> None:
     stub = pb_grpc.InferenceStub(channel)
     with pytest.raises(grpc.RpcError) as info:
-        list(stub.Chat(_long(), timeout=0.3))
+        list(stub.Chat(_long(), timeout=0.1))
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     _wait_idle(daemon)
 

@@ -67,7 +67,15 @@ def test_sigterm_drains_in_flight_streams_and_exits_zero(tmp_path: Path) -> None
             rest = list(call)  # the stream in flight finishes within the grace
             assert rest[-1].usage.completion_tokens == 80
             assert first.delta or rest
-            # New work is refused once stopping began.
+            # New work is refused once stopping began (health says so first).
+            health = health_pb2_grpc.HealthStub(ch)
+            deadline = time.monotonic() + 10
+            while (
+                health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+                == health_pb2.HealthCheckResponse.SERVING
+            ):
+                assert time.monotonic() < deadline, "health never left SERVING"
+                time.sleep(0.01)
             try:
                 list(stub.Chat(request, timeout=5))
                 refused = False
