@@ -130,11 +130,13 @@ def push_archive(
             with open_channel(target) as channel:
                 stub = operator_pb2_grpc.OperatorStub(channel)
                 try:
-                    offset = stub.GetUploadOffset(
+                    answer = stub.GetUploadOffset(
                         bundles_pb2.GetUploadOffsetRequest(upload_id=digest),
                         timeout=target.timeout_s,
                         metadata=meta,
-                    ).offset
+                    )
+                    offset = answer.offset
+                    size = min(chunk_bytes, answer.max_chunk_bytes or chunk_bytes)
                     bar.n = offset
                     bar.refresh()
                     header = bundles_pb2.BundleUploadHeader(
@@ -149,11 +151,12 @@ def push_archive(
                     def requests(
                         header: bundles_pb2.BundleUploadHeader = header,
                         counter: list[int] = counter,
+                        size: int = size,
                     ) -> Iterator[bundles_pb2.PushBundleRequest]:
                         yield bundles_pb2.PushBundleRequest(header=header)
                         with archive.open("rb") as f:
                             f.seek(header.offset)
-                            while chunk := f.read(chunk_bytes):
+                            while chunk := f.read(size):
                                 counter[0] += len(chunk)
                                 bar.update(len(chunk))
                                 yield bundles_pb2.PushBundleRequest(chunk=chunk)

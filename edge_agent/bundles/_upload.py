@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,8 +146,14 @@ class UploadSession:
         self.offset = offset
         self.total = total
         self._sha256 = sha256
+        # A cancelled RPC may close while a write still runs in its worker thread.
+        self._lock = threading.Lock()
 
     def write(self, chunk: bytes) -> None:
+        with self._lock:
+            self._write(chunk)
+
+    def _write(self, chunk: bytes) -> None:
         if self._fd is None:
             raise FailedPrecondition("upload stream is closed")
         if len(chunk) > self._receiver.chunk_limit:
@@ -160,6 +167,10 @@ class UploadSession:
 
     def close(self) -> None:
         """Keep what arrived (fsynced) so the client can resume."""
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self._fd is not None:
             try:
                 os.fsync(self._fd)

@@ -11,7 +11,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from edge_agent._proto.edge_agent.v1 import bundles_pb2
-from edge_agent.bundles import BundleInfo, BundleManager, UploadHeader, UploadSession
+from edge_agent.bundles import (
+    BundleInfo,
+    BundleManager,
+    UploadHeader,
+    UploadReceiver,
+    UploadSession,
+)
 from edge_agent.bundles._format import format_time
 from edge_agent.errors import InvalidArgument
 
@@ -28,6 +34,21 @@ def bundle_info_to_proto(info: BundleInfo) -> bundles_pb2.BundleInfo:
         expires_at=format_time(info.expires_at) if info.expires_at else "",
         signer_key_ids=list(info.signer_key_ids),
     )
+
+
+async def _open_shielded(uploads: UploadReceiver, header: UploadHeader) -> UploadSession:
+    """Open in a thread; if the RPC is cancelled meanwhile, close what the thread opened."""
+    fut = asyncio.ensure_future(asyncio.to_thread(uploads.open, header))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        fut.add_done_callback(_close_opened)
+        raise
+
+
+def _close_opened(fut: asyncio.Future[UploadSession]) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        fut.result().close()
 
 
 class BundlesApi:
@@ -50,8 +71,8 @@ class BundlesApi:
                     if session is not None:
                         raise InvalidArgument("header", "sent twice")
                     h = msg.header
-                    session = await asyncio.to_thread(
-                        self._manager.uploads.open,
+                    session = await _open_shielded(
+                        self._manager.uploads,
                         UploadHeader(h.upload_id, h.total_size, h.sha256, h.offset),
                     )
                     activate = h.activate
@@ -81,7 +102,9 @@ class BundlesApi:
         self, request: bundles_pb2.GetUploadOffsetRequest, context: Any
     ) -> bundles_pb2.GetUploadOffsetResponse:
         offset = await asyncio.to_thread(self._manager.uploads.offset, request.upload_id)
-        return bundles_pb2.GetUploadOffsetResponse(offset=offset)
+        return bundles_pb2.GetUploadOffsetResponse(
+            offset=offset, max_chunk_bytes=self._manager.uploads.chunk_limit
+        )
 
     async def ListBundles(
         self, request: bundles_pb2.ListBundlesRequest, context: Any
