@@ -80,8 +80,52 @@ mkdir -p "$root" "$out" "$cache"
 
 echo "build_deb: edge-agent $version for $arch, python $pyver" >&2
 
+# Layout version of the cached dependency venv: bump when the steps below change its content.
+layout=1
+pipq=(--disable-pip-version-check --no-input -q)
+
+# Rewrite what a venv recorded about the path it was created at (see the header).
+relocate() {
+    local at=$1 f
+    for f in "$at"/bin/*; do
+        [ -f "$f" ] && [ ! -L "$f" ] || continue
+        if head -c 2 "$f" | grep -q '#!'; then
+            sed -i "1s|^#!$at/bin/|#!$final/bin/|" "$f"
+        fi
+        case "$(basename "$f")" in activate*) sed -i "s|$at|$final|g" "$f" ;; esac
+    done
+    sed -i "s|$at|$final|g" "$at/pyvenv.cfg"
+}
+
+step "build tools"
+# 1. Build tools: a current pip, setuptools and wheel, in their own cached venv. Debian's
+#    bundled pip (23.0) ignores dependencies declared in Metadata-Version 2.4 wheels, which
+#    current setuptools writes; and pip never enters the shipped venv (pip --python targets it).
+build_reqs=("pip>=25" "setuptools>=69" wheel)
+tools_key=$(printf '%s\n' "${build_reqs[@]}" "$PYTHON" "$pyver" | sha256sum | cut -c1-16)
+buildtools="$cache/buildtools-$tools_key"
+tools="$cache/tools-$tools_key"
+if [ ! -f "$buildtools/.complete" ]; then
+    [ "$offline" = 1 ] && die "no cached build tools in $buildtools; run once online"
+    rm -rf "$buildtools" "$buildtools.part"
+    "$PYTHON" -m venv "$work/bootstrap"
+    "$work/bootstrap/bin/python" -m pip "${pipq[@]}" download --only-binary=:all: \
+        -d "$buildtools.part" "${build_reqs[@]}"
+    touch "$buildtools.part/.complete"
+    mv "$buildtools.part" "$buildtools"
+fi
+if [ ! -f "$tools/.complete" ]; then
+    rm -rf "$tools"
+    "$PYTHON" -m venv --without-pip "$tools"
+    pip_wheel=$(ls "$buildtools"/pip-*.whl | head -1)
+    "$tools/bin/python" "$pip_wheel/pip" "${pipq[@]}" install --no-index \
+        --find-links "$buildtools" "${build_reqs[@]}"
+    touch "$tools/.complete"
+fi
+tpip=("$tools/bin/python" -m pip "${pipq[@]}")
+
 step "project wheel"
-# 1. The project wheel, built from a copy of what setuptools needs (tracked and untracked but
+# 2. The project wheel, built from a copy of what setuptools needs (tracked and untracked but
 #    not ignored files), so a shared checkout's build/ and egg-info are neither used nor touched.
 src="$work/src"
 mkdir -p "$src" "$work/wheel"
@@ -93,67 +137,56 @@ if git -C "$repo" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
 else
     cp -a "$repo/pyproject.toml" "$repo/README.md" "$repo/edge_agent" "$src/"
 fi
-"$PYTHON" -m venv --without-pip "$venv"
-vpy="$venv/bin/python"
-pip=("$vpy" -m pip --disable-pip-version-check --no-input -q)
-
-build_reqs=("pip>=25" "setuptools>=69" wheel)
-buildtools="$cache/buildtools-$(printf '%s\n' "${build_reqs[@]}" "$pyver" | sha256sum | cut -c1-16)"
-if [ ! -f "$buildtools/.complete" ]; then
-    [ "$offline" = 1 ] && die "no cached build tools in $buildtools; run once online"
-    rm -rf "$buildtools" "$buildtools.part"
-    "$PYTHON" -m venv "$work/bootstrap"
-    "$work/bootstrap/bin/python" -m pip --disable-pip-version-check -q download \
-        --only-binary=:all: -d "$buildtools.part" "${build_reqs[@]}"
-    touch "$buildtools.part/.complete"
-    mv "$buildtools.part" "$buildtools"
-fi
-# A current pip and setuptools from the cache, run from pip's own wheel (Debian's bundled pip
-# 23.0 ignores dependencies declared in Metadata-Version 2.4 wheels, which current setuptools
-# writes). All three leave the venv again in step 3; a cached build needs no network.
-pip_wheel=$(ls "$buildtools"/pip-*.whl | head -1)
-"$vpy" "$pip_wheel/pip" --disable-pip-version-check -q install --no-index \
-    --find-links "$buildtools" pip setuptools wheel
 # setuptools is chatty about deprecations that are not the packager's to fix: show its
 # output only when the build fails.
-"${pip[@]}" wheel --no-deps --no-build-isolation -w "$work/wheel" "$src" \
+"${tpip[@]}" wheel --no-deps --no-build-isolation -w "$work/wheel" "$src" \
     >"$work/wheel.log" 2>&1 || { cat "$work/wheel.log" >&2; die "building the project wheel failed"; }
 project_wheel=$(ls "$work/wheel"/edge_agent-*.whl)
 
-step "dependency wheels"
-# 2. Dependency wheels, cached by dependency list.
+step "dependencies"
+# 3. The dependencies: wheels, then a venv holding them, relocated and compiled; both cached
+#    by the dependency list, so a rebuild only adds the project on top of a copy.
+key="$deps_key-$tools_key-l$layout"
 wheels="$cache/wheels-$deps_key"
-requirement="edge-agent${extras:+[$extras]}==$version"
+depvenv="$cache/venv-$key"
 if [ ! -f "$wheels/.complete" ]; then
     [ "$offline" = 1 ] && die "no cached wheels for these dependencies in $cache; run once online"
     rm -rf "$wheels" "$wheels.part"
     # By file, never by name: an unrelated "edge-agent" exists on PyPI (dependency confusion).
-    "${pip[@]}" wheel -w "$wheels.part" "$project_wheel${extras:+[$extras]}"
+    "${tpip[@]}" wheel -w "$wheels.part" "$project_wheel${extras:+[$extras]}"
     rm -f "$wheels.part"/edge_agent-*.whl
     touch "$wheels.part/.complete"
     mv "$wheels.part" "$wheels"
 fi
+if [ ! -f "$depvenv/.complete" ]; then
+    rm -rf "$depvenv" "$work/deps"
+    dstage="$work/deps$final"
+    "$PYTHON" -m venv --without-pip "$dstage"
+    # Resolve edge-agent's requirements from the cached wheels only, then drop edge-agent.
+    "${tpip[@]}" --python "$dstage/bin/python" install --no-index --no-compile \
+        --find-links "$wheels" --find-links "$work/wheel" "edge-agent${extras:+[$extras]}==$version"
+    "${tpip[@]}" --python "$dstage/bin/python" uninstall -y edge-agent
+    relocate "$dstage"
+    "$dstage/bin/python" -m compileall -q -j 0 -s "$work/deps" -p / "$dstage/lib" >/dev/null \
+        || die "bytecode compilation failed"
+    touch "$dstage/.complete"
+    mv "$dstage" "$depvenv"
+fi
 
 step "install into the staging venv"
-# 3. Install into the staging venv (--no-index: local wheels only), then remove pip: the
-#    package, not pip, manages this venv.
-"${pip[@]}" install --no-index --no-compile --find-links "$work/wheel" --find-links "$wheels" \
-    "$requirement"
-"${pip[@]}" uninstall -y pip setuptools wheel >/dev/null 2>&1 || true
-rm -rf "$venv/lib/python$pyver/site-packages/_distutils_hack" \
-    "$venv/lib/python$pyver/site-packages/distutils-precedence.pth"
-
-step "relocate and compile"
-# 4. Make the venv live at /opt/edge-agent.
-for f in "$venv"/bin/*; do
-    [ -f "$f" ] && [ ! -L "$f" ] || continue
-    if head -c 2 "$f" | grep -q '#!'; then
-        sed -i "1s|^#!$venv/bin/|#!$final/bin/|" "$f"
-    fi
-    case "$(basename "$f")" in activate*) sed -i "s|$venv|$final|g" "$f" ;; esac
-done
-sed -i "s|$venv|$final|g" "$venv/pyvenv.cfg"
-"$vpy" -m compileall -q -j 0 -s "$root" -p / "$venv/lib" >/dev/null \
+# 4. A copy of the dependency venv plus the project, made to live at /opt/edge-agent.
+mkdir -p "$(dirname "$venv")"
+cp -a "$depvenv" "$venv"
+rm -f "$venv/.complete"
+# By name from the local folder (--no-index: nothing else is consulted); by file, pip would
+# record the staging path in direct_url.json.
+"${tpip[@]}" --python "$venv/bin/python" install --no-index --no-deps --no-compile \
+    --find-links "$work/wheel" "edge-agent==$version"
+"${tpip[@]}" --python "$venv/bin/python" check >/dev/null \
+    || die "dependencies do not match the project (pip check): rebuild without cache"
+relocate "$venv"
+"$venv/bin/python" -m compileall -q -j 0 -s "$root" -p / \
+    "$venv/lib/python$pyver/site-packages/edge_agent" >/dev/null \
     || die "bytecode compilation failed"
 
 step "demo model, systemd files, config"
