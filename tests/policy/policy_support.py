@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from edge_agent._proto.edge_agent.v1 import operator_pb2_grpc, policy_pb2
+from edge_agent.rpc.policy_api import PolicyApi
+
 CLINIC = """\
 version = 3
 air_gapped = false
@@ -48,3 +53,23 @@ def with_version(text: str, version: int) -> str:
     lines = text.splitlines(keepends=True)
     assert lines[0].startswith("version = ")
     return f"version = {version}\n" + "".join(lines[1:])
+
+
+class PolicyOperator(operator_pb2_grpc.OperatorServicer):
+    """Test glue: the lead's OperatorServicer delegates the policy methods the same way."""
+
+    def __init__(self, api: PolicyApi) -> None:
+        self._api = api
+
+    async def PushPolicy(self, request: policy_pb2.PushPolicyRequest, context: Any) -> Any:
+        return await self._api.PushPolicy(request, context)
+
+    async def PushCredentials(
+        self, request: policy_pb2.PushCredentialsRequest, context: Any
+    ) -> Any:
+        return await self._api.PushCredentials(request, context)
+
+    async def GetDeviceIdentity(
+        self, request: policy_pb2.GetDeviceIdentityRequest, context: Any
+    ) -> Any:
+        return await self._api.GetDeviceIdentity(request, context)
