@@ -86,6 +86,7 @@ def unpack_bundle(archive: Path, dest: Path, limits: ArchiveLimits) -> int:
     dest.mkdir(mode=0o755)  # must not exist: nothing pre-placed can be followed
     seen: set[PurePosixPath] = set()
     dirs: set[PurePosixPath] = {PurePosixPath(".")}
+    regular: set[PurePosixPath] = set()
     total = 0
     files = 0
     try:
@@ -103,7 +104,7 @@ def unpack_bundle(archive: Path, dest: Path, limits: ArchiveLimits) -> int:
                 if member.issym() or member.islnk():
                     raise BundleError(f"archive member is a link: {rel}")
                 if member.isdir():
-                    _make_dirs(dest, rel, dirs, seen)
+                    _make_dirs(dest, rel, dirs, regular)
                     continue
                 if not member.isreg() or member.issparse():
                     raise BundleError(f"archive member is not a regular file: {rel}")
@@ -117,10 +118,11 @@ def unpack_bundle(archive: Path, dest: Path, limits: ArchiveLimits) -> int:
                 if rel in dirs:
                     raise BundleError(f"archive uses a folder as a file: {rel}")
                 if rel.parent != PurePosixPath("."):
-                    _make_dirs(dest, rel.parent, dirs, seen)
+                    _make_dirs(dest, rel.parent, dirs, regular)
                 src = tar.extractfile(member)
                 if src is None:
                     raise BundleError(f"archive member cannot be read: {rel}")
+                regular.add(rel)
                 _write_file(dest / rel, src, member.size)
                 files += 1
     except BundleError:
@@ -135,13 +137,13 @@ def unpack_bundle(archive: Path, dest: Path, limits: ArchiveLimits) -> int:
 
 
 def _make_dirs(
-    dest: Path, rel: PurePosixPath, dirs: set[PurePosixPath], seen: set[PurePosixPath]
+    dest: Path, rel: PurePosixPath, dirs: set[PurePosixPath], regular: set[PurePosixPath]
 ) -> None:
     for i in range(1, len(rel.parts) + 1):
         sub = PurePosixPath(*rel.parts[:i])
         if sub in dirs:
             continue
-        if sub in seen and sub != rel:
+        if sub in regular:
             raise BundleError(f"archive uses a file as a folder: {sub}")
         os.mkdir(dest / sub, 0o755)  # fails on an existing file: no silent merge
         dirs.add(sub)
