@@ -46,6 +46,8 @@ class BuildRequest:
     via: str = "builder"  # "builder" | "optimum"
     expires_in: timedelta | None = None
     min_agent_version: str = "0.1.0"
+    # Passed to the builder as --extra_options KEY=VALUE ... (block_size=32, ...).
+    builder_options: tuple[str, ...] = ()
 
 
 def converter_command(req: BuildRequest, work: Path) -> list[list[str]]:
@@ -55,11 +57,12 @@ def converter_command(req: BuildRequest, work: Path) -> list[list[str]]:
     cache = str(work / "cache")
     if req.via == "builder":
         common = ["-o", str(req.out), "-p", req.precision, "-e", req.execution_provider]
-        return [[*builder, "-i", str(req.source), *common, "-c", cache]]
+        extra = ["--extra_options", *req.builder_options] if req.builder_options else []
+        return [[*builder, "-i", str(req.source), *common, "-c", cache, *extra]]
     if req.via == "optimum":
         # optimum exports the graph; the builder then writes only genai_config + tokenizer.
         task = ["--task", "text-generation-with-past"]
-        config_only = ["--extra_options", "config_only=true"]
+        config_only = ["--extra_options", "config_only=true", *req.builder_options]
         common = ["-o", str(req.out), "-p", req.precision, "-e", req.execution_provider]
         return [
             ["optimum-cli", "export", "onnx", "--model", str(req.source), *task, str(req.out)],

@@ -92,6 +92,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         via=args.via,
         expires_in=args.expires_in,
         min_agent_version=args.min_agent_version,
+        builder_options=tuple(args.builder_option or ()),
     )
     manifest = build_bundle(req, progress=not args.quiet)
     for key in args.sign or ():
@@ -193,6 +194,9 @@ def add_bundle_commands(subparsers: Any) -> None:
     p.add_argument("--via", default="builder", choices=["builder", "optimum"])
     p.add_argument("--expires-in", type=parse_duration, default=None, help="e.g. 180d")
     p.add_argument("--min-agent-version", default="0.1.0")
+    p.add_argument(
+        "--builder-option", action="append", metavar="KEY=VALUE", help="builder extra option"
+    )
     p.add_argument("--sign", type=Path, action="append", help="private key (repeatable)")
     p.add_argument("--quiet", action="store_true")
     _password_args(p)
