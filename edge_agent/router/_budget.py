@@ -37,9 +37,13 @@ CREATE TABLE IF NOT EXISTS entries (
     state TEXT NOT NULL CHECK (state IN ('reserved', 'settled', 'released')),
     created TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS entries_day ON entries (day, client);
-CREATE INDEX IF NOT EXISTS entries_month ON entries (month, client);
-CREATE INDEX IF NOT EXISTS entries_credential ON entries (credential);
+-- Running sums per window, kept in the same transactions as the entries, so a snapshot is
+-- five primary-key lookups however long the history is.
+CREATE TABLE IF NOT EXISTS totals (
+    key TEXT PRIMARY KEY,
+    tokens INTEGER NOT NULL,
+    usd REAL NOT NULL
+);
 """
 
 
@@ -66,6 +70,20 @@ def _windows(now: datetime) -> tuple[str, str]:
     return t.strftime("%Y-%m-%d"), t.strftime("%Y-%m")
 
 
+def _keys(day: str, month: str, client: str, credential: str) -> tuple[str, ...]:
+    """Totals keys: whole box per day and month, this client per day and month, credential.
+
+    The prefixes keep them apart whatever a client id contains. _view unpacks them in order.
+    """
+    return (
+        f"day|{day}",
+        f"month|{month}",
+        f"client-day|{day}|{client}",
+        f"client-month|{month}|{client}",
+        f"credential|{credential}",
+    )
+
+
 class BudgetLedger:
     """Persistent cloud spend, shared safely by every thread and process of the box."""
 
@@ -83,22 +101,25 @@ class BudgetLedger:
         with self._lock:
             self._db.close()
 
-    def _sums(self, where: str, args: tuple[str, ...]) -> tuple[int, float]:
-        row = self._db.execute(
-            f"SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(usd), 0.0) FROM entries WHERE {where}",  # noqa: S608 (fixed fragments)
-            args,
-        ).fetchone()
-        return int(row[0]), float(row[1])
+    def _bump(self, keys: tuple[str, ...], tokens: int, usd: float) -> None:
+        self._db.executemany(
+            "INSERT INTO totals (key, tokens, usd) VALUES (?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET tokens = tokens + excluded.tokens, "
+            "usd = usd + excluded.usd",
+            [(k, tokens, usd) for k in keys],
+        )
 
     def _view(
         self, now: datetime, client_id: str, credential_id: str, prices: Mapping[str, ModelPrice]
     ) -> BudgetView:
         day, month = _windows(now)
-        dt, du = self._sums("day = ?", (day,))
-        mt, mu = self._sums("month = ?", (month,))
-        cdt, cdu = self._sums("day = ? AND client = ?", (day, client_id))
-        cmt, cmu = self._sums("month = ? AND client = ?", (month, client_id))
-        _, cred = self._sums("credential = ?", (credential_id,))
+        keys = _keys(day, month, client_id, credential_id)
+        rows = dict.fromkeys(keys, (0, 0.0))
+        for key, tokens, usd in self._db.execute(
+            "SELECT key, tokens, usd FROM totals WHERE key IN (?, ?, ?, ?, ?)", keys
+        ):
+            rows[key] = (int(tokens), float(usd))
+        (dt, du), (mt, mu), (cdt, cdu), (cmt, cmu), (_, cred) = (rows[k] for k in keys)
         return BudgetView(dt, du, mt, mu, cdt, cdu, cmt, cmu, cred, prices)
 
     def view(
@@ -143,36 +164,50 @@ class BudgetLedger:
                     "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', ?)",
                     (rid, client_id, credential_id, day, month, tokens, usd, now.isoformat()),
                 )
+                self._bump(_keys(day, month, client_id, credential_id), tokens, usd)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
         return Reservation(rid, tokens, usd)
 
+    def _close_reservation(self, rid: str, state: str, tokens: int, usd: float) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT client, credential, day, month, tokens, usd FROM entries "
+                    "WHERE id = ? AND state = 'reserved'",
+                    (rid,),
+                ).fetchone()
+                if row is not None:  # unknown or already closed: nothing to change
+                    client, credential, day, month, old_tokens, old_usd = row
+                    self._db.execute(
+                        "UPDATE entries SET tokens = ?, usd = ?, state = ? WHERE id = ?",
+                        (tokens, usd, state, rid),
+                    )
+                    self._bump(
+                        _keys(day, month, client, credential), tokens - old_tokens, usd - old_usd
+                    )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
     def settle(self, reservation: Reservation, *, tokens: int, usd: float) -> None:
         """Replace a reservation by what the call really used (from the router's usage)."""
-        with self._lock:
-            self._db.execute(
-                "UPDATE entries SET tokens = ?, usd = ?, state = 'settled' "
-                "WHERE id = ? AND state = 'reserved'",
-                (max(tokens, 0), max(usd, 0.0), reservation.id),
-            )
+        self._close_reservation(reservation.id, "settled", max(tokens, 0), max(usd, 0.0))
 
     def release(self, reservation: Reservation) -> None:
         """Drop a reservation whose call never reached the provider."""
-        with self._lock:
-            self._db.execute(
-                "UPDATE entries SET tokens = 0, usd = 0, state = 'released' "
-                "WHERE id = ? AND state = 'reserved'",
-                (reservation.id,),
-            )
+        self._close_reservation(reservation.id, "released", 0, 0.0)
 
     def usage(self, now: datetime) -> BudgetUsage:
-        day, month = _windows(now)
         with self._lock:
-            dt, du = self._sums("day = ?", (day,))
-            mt, mu = self._sums("month = ?", (month,))
+            view = self._view(now, "", "", {})
             reserved = self._db.execute(
                 "SELECT COUNT(*) FROM entries WHERE state = 'reserved'"
             ).fetchone()[0]
-        return BudgetUsage(dt, du, mt, mu, int(reserved))
+        return BudgetUsage(
+            view.day_tokens, view.day_usd, view.month_tokens, view.month_usd, int(reserved)
+        )

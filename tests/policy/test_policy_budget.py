@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -26,6 +27,27 @@ POLICY = EffectivePolicy(
 )
 
 
+def _assert_totals_match_entries(db: Path) -> None:
+    """The running totals the snapshot reads agree with the entries they summarise."""
+    con = sqlite3.connect(db)
+    for key, tokens, usd in con.execute("SELECT key, tokens, usd FROM totals"):
+        kind, *parts = key.split("|")
+        where = {
+            "day": "day = ?",
+            "month": "month = ?",
+            "client-day": "day = ? AND client = ?",
+            "client-month": "month = ? AND client = ?",
+            "credential": "credential = ?",
+        }[kind]
+        raw = con.execute(
+            f"SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(usd), 0) FROM entries WHERE {where}",  # noqa: S608
+            parts,
+        ).fetchone()
+        assert tokens == raw[0], key
+        assert usd == pytest.approx(raw[1]), key
+    con.close()
+
+
 def test_reserve_settle_release_and_restart(tmp_path: Path) -> None:
     db = tmp_path / "ledger.sqlite3"
     ledger = BudgetLedger(db)
@@ -36,8 +58,10 @@ def test_reserve_settle_release_and_restart(tmp_path: Path) -> None:
     ledger.settle(r1, tokens=1200, usd=0.12)
     ledger.release(r2)
     ledger.settle(r2, tokens=999, usd=9.0)  # a released reservation cannot be settled later
+    ledger.reserve(POLICY, client_id="a", tokens=10, usd=0.001, now=NOW + timedelta(days=2))
+    _assert_totals_match_entries(db)
     usage = ledger.usage(NOW)
-    assert (usage.day_tokens, usage.reserved) == (1200, 0)
+    assert (usage.day_tokens, usage.reserved) == (1200, 1)  # the one two days later is open
     assert usage.day_usd == pytest.approx(0.12)
     ledger.close()
     again = BudgetLedger(db)  # a restart keeps the spend
@@ -139,5 +163,6 @@ print(ok)
     ledger = BudgetLedger(db)
     view = ledger.view(NOW, "p")
     assert view.day_tokens == 9800
+    _assert_totals_match_entries(db)
     assert view.day_usd <= 1.0
     ledger.close()
