@@ -75,17 +75,27 @@ def load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
     return key
 
 
-def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    """A fleet private signing key (unencrypted PEM, PKCS#8 or SEC1)."""
+def load_private_key(path: Path, password: bytes | None = None) -> ec.EllipticCurvePrivateKey:
+    """A fleet private signing key (PEM, PKCS#8 or SEC1; encrypted ones need ``password``)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"signing key {path.name}: cannot be read ({exc.strerror})") from exc
     try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        # Never echo key material: the message names the file only.
-        raise ConfigError(f"signing key {path.name}: not an unencrypted PEM private key") from exc
+        key = serialization.load_pem_private_key(data, password=password)
+    except TypeError as exc:
+        # Never echo key material or the password: the message names the file only.
+        if password is None:
+            raise ConfigError(
+                f"signing key {path.name}: it is encrypted; give its password"
+            ) from exc
+        raise ConfigError(
+            f"signing key {path.name}: it is not encrypted; drop the password"
+        ) from exc
+    except ValueError as exc:
+        raise ConfigError(
+            f"signing key {path.name}: not a PEM private key, or the password is wrong"
+        ) from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ConfigError(f"signing key {path.name}: not an EC private key")
     _require_p256(key, f"signing key {path.name}")

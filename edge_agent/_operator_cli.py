@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-__all__ = ["OperatorTarget", "add_target_arguments", "parse_duration", "target_from_args"]
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from edge_agent._fleetkeys import load_private_key
+from edge_agent.errors import ConfigError
+
+__all__ = [
+    "OperatorTarget",
+    "add_signing_key_arguments",
+    "add_target_arguments",
+    "parse_duration",
+    "signing_key_from_args",
+    "target_from_args",
+]
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -53,3 +66,23 @@ def target_from_args(args: argparse.Namespace) -> OperatorTarget:
         insecure=args.insecure,
         timeout_s=args.timeout,
     )
+
+
+def add_signing_key_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fleet-key", type=Path, required=True, help="fleet P-256 private key PEM")
+    pw = p.add_mutually_exclusive_group()
+    pw.add_argument("--ask-password", action="store_true", help="prompt for the key's password")
+    pw.add_argument("--password-file", type=Path, default=None, help="first line: the password")
+
+
+def signing_key_from_args(args: argparse.Namespace) -> ec.EllipticCurvePrivateKey:
+    password: bytes | None = None
+    if args.ask_password:
+        password = getpass.getpass(f"password for {args.fleet_key.name}: ").encode()
+    elif args.password_file is not None:
+        try:
+            lines = args.password_file.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"password file cannot be read ({exc.strerror})") from exc
+        password = (lines[0] if lines else "").encode()
+    return load_private_key(args.fleet_key, password)

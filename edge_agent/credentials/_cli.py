@@ -10,8 +10,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
-from edge_agent._fleetkeys import FleetKeyring, load_private_key
-from edge_agent._operator_cli import add_target_arguments, parse_duration, target_from_args
+from edge_agent._fleetkeys import FleetKeyring
+from edge_agent._operator_cli import (
+    add_signing_key_arguments,
+    add_target_arguments,
+    parse_duration,
+    signing_key_from_args,
+    target_from_args,
+)
 from edge_agent._statefiles import atomic_write_bytes
 from edge_agent.credentials._config import CredentialsConfig
 from edge_agent.credentials._device import DeviceIdentity, device_id_for, load_device_public_key
@@ -128,7 +134,7 @@ def add_credentials_commands(
 
     p = sub.add_parser("seal", help="encrypt an HF token to one device, signed by a fleet key")
     p.add_argument("--device-public-key", type=Path, required=True, help="`keys device` PEM")
-    p.add_argument("--fleet-key", type=Path, required=True, help="fleet P-256 private key PEM")
+    add_signing_key_arguments(p)
     p.add_argument("--token-file", required=True, help="file holding the token, or - for stdin")
     when = p.add_mutually_exclusive_group(required=True)
     when.add_argument("--expires-in", type=parse_duration, help="e.g. 90d")
@@ -174,7 +180,7 @@ def _seal(args: argparse.Namespace) -> int:
     blob = seal_credential(
         _read_token(args.token_file),
         device_public_key=load_device_public_key(device_pem),
-        fleet_key=load_private_key(args.fleet_key),
+        fleet_key=signing_key_from_args(args),
         expires_at=expires,
         allowed_models=args.model,
         allowed_providers=args.provider,

@@ -10,8 +10,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge_agent._fleetkeys import FleetKeyring, load_private_key
-from edge_agent._operator_cli import add_target_arguments, target_from_args
+from edge_agent._fleetkeys import FleetKeyring
+from edge_agent._operator_cli import (
+    add_signing_key_arguments,
+    add_target_arguments,
+    signing_key_from_args,
+    target_from_args,
+)
 from edge_agent._statefiles import atomic_write_bytes
 from edge_agent.credentials import CredentialScope
 from edge_agent.errors import ConfigError, EdgeAgentError
@@ -113,7 +118,7 @@ def add_policy_commands(
 
     p = sub.add_parser("sign", help="validate a policy TOML and sign it with a fleet key")
     p.add_argument("policy", type=Path, help="policy TOML")
-    p.add_argument("--fleet-key", type=Path, required=True, help="fleet P-256 private key PEM")
+    add_signing_key_arguments(p)
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(func=_guard(_sign))
 
@@ -144,7 +149,7 @@ def _sign(args: argparse.Namespace) -> int:
         text = args.policy.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{args.policy.name} cannot be read as UTF-8 text") from exc
-    blob = sign_policy(text, load_private_key(args.fleet_key))
+    blob = sign_policy(text, signing_key_from_args(args))
     atomic_write_bytes(args.output, blob, mode=0o644)
     print(f"wrote {args.output}")
     return 0

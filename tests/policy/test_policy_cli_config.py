@@ -190,3 +190,33 @@ def test_policy_cli_uses_the_config_loader(tmp_path: Path, fleet: FleetKey) -> N
     )
     assert _call(parser, "policy", "install", str(out)) == 0
     assert signed_path.exists()
+
+
+def test_sign_with_an_encrypted_fleet_key(
+    tmp_path: Path, fleet: FleetKey, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    encrypted = tmp_path / "alice.key"
+    encrypted.write_bytes(
+        fleet.private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"correct horse"),
+        )
+    )
+    (tmp_path / "pw").write_text("correct horse\n")
+    (tmp_path / "bad-pw").write_text("hunter2-bad\n")
+    src = tmp_path / "p.toml"
+    src.write_text(CLINIC)
+    out = tmp_path / "p.signed"
+    cli = _cli()
+    sign = ["policy", "sign", str(src), "--fleet-key", str(encrypted), "-o", str(out)]
+    assert _call(cli, *sign) == 1
+    assert "encrypted; give its password" in capsys.readouterr().err
+    assert _call(cli, *sign, "--password-file", str(tmp_path / "bad-pw")) == 1
+    err = capsys.readouterr().err
+    assert "password is wrong" in err
+    assert "hunter2" not in err
+    assert _call(cli, *sign, "--password-file", str(tmp_path / "pw")) == 0
+    assert _call(cli, "policy", "verify", str(out), "--trusted-key", str(fleet.public_path)) == 0
