@@ -19,18 +19,27 @@ from pathlib import Path
 from grpc_health.v1 import health_pb2
 
 import edge_agent
+from edge_agent._fleetkeys import FleetKeyring
 from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
+from edge_agent.audit import AuditLog
+from edge_agent.bundles import BundleManager, InboxWatcher
 from edge_agent.chat import CallContext, ChatChunk, ChatSpec
+from edge_agent.cloud import ConnectivityMonitor, ConnectivitySnapshot, RouterClient
 from edge_agent.config import AgentConfig
 from edge_agent.credentials import CredentialStore
 from edge_agent.discovery import Advertiser, BoxAnnouncement
 from edge_agent.engine import EngineSupervisor, identity_from_dir
-from edge_agent.errors import ConfigError, Unavailable
+from edge_agent.errors import ConfigError, EdgeAgentError, Unavailable
 from edge_agent.inference import InferenceService
 from edge_agent.metrics import Metrics, MetricsServer
 from edge_agent.pressure import AdmissionController, PressureMonitor, PressureSnapshot
+from edge_agent.router import BudgetLedger, PolicyDocument, PolicyStore
+from edge_agent.routing import ChatRouter
 from edge_agent.rpc.auth import AuthInterceptor, MethodRoles
+from edge_agent.rpc.bundles_api import BundlesApi
 from edge_agent.rpc.inference_api import InferenceApi
+from edge_agent.rpc.operator_api import OperatorApi
+from edge_agent.rpc.policy_api import PolicyApi
 from edge_agent.rpc.server import INFERENCE_SERVICE, BuiltServer, build_server
 from edge_agent.rpc.status import StatusView, local_model_info, status_to_proto
 from edge_agent.sdnotify import SystemdNotifier, WatchdogLoop, extending_timeout
@@ -99,6 +108,42 @@ class Agent:
         # The device's own key pair (created at first start) names the box and opens tokens.
         self.credentials = CredentialStore.from_config(config.credentials)
         self.device_id = self.credentials.identity.device_id
+        self.policies = PolicyStore(
+            config.policy.signed_policy_path, FleetKeyring.from_paths(config.policy.trusted_keys)
+        )
+        self.ledger = BudgetLedger(config.policy.budget_db)
+        self.audit = AuditLog(config.audit.path, include_prompts=config.audit.include_prompts)
+        self.cloud = RouterClient(config.cloud, self.credentials.token_provider())
+        self.connectivity = ConnectivityMonitor(self.cloud, on_change=self._on_connectivity)
+        self.router = ChatRouter(
+            local=self.inference,
+            admission=self.admission,
+            pressure=self.pressure,
+            policies=self.policies,
+            overrides=config.policy.overrides,
+            credentials=self.credentials,
+            ledger=self.ledger,
+            audit=self.audit,
+            metrics=self.metrics,
+            cloud=self.cloud,
+            connectivity=self.connectivity,
+            cloud_config=config.cloud,
+            include_prompts=config.audit.include_prompts,
+        )
+        self.bundles = BundleManager(
+            config.bundles, state_dir=config.paths.state_dir, host=self.engine
+        )
+        self._inbox_task: asyncio.Task[None] | None = None
+        self._operator = OperatorApi(
+            BundlesApi(self.bundles),
+            PolicyApi(
+                self.policies,
+                self.credentials,
+                tls_fingerprint=lambda: self.device_cert.fingerprint if self.device_cert else "",
+                on_policy=self._on_policy,
+                on_credentials=lambda info: self._apply_air_gap(),
+            ),
+        )
         self.device_cert: DeviceCertificate | None = None
         self._advertiser: Advertiser | None = None
         self._metrics_server: MetricsServer | None = None
@@ -128,7 +173,21 @@ class Agent:
         if self._stopping:
             # Between SIGTERM and the server refusing calls, new work is already refused.
             raise Unavailable("the service is stopping; retry on another box or later")
-        return self.inference.chat(spec, call)
+        return self.router.chat(spec, call)
+
+    def _on_policy(self, document: PolicyDocument) -> None:
+        _log.info("policy version %d installed", document.version)
+        self._apply_air_gap()
+
+    def _apply_air_gap(self) -> None:
+        """Follow the effective policy's air gap: no outbound socket while it is set."""
+        air_gapped = self.router.effective_policy().air_gapped
+        asyncio.get_running_loop().create_task(self.cloud.set_air_gapped(air_gapped))
+
+    def _on_connectivity(self, snapshot: ConnectivitySnapshot) -> None:
+        self.metrics.set_connectivity(str(snapshot.state.value))
+        if not self._stopping:
+            self.notifier.status(self.status_line())
 
     def _models(self) -> list[pb.ModelInfo]:
         return [local_model_info(self.engine.model, self.engine.status())]
@@ -143,6 +202,7 @@ class Agent:
             pressure=self.pressure.snapshot,
             tls_fingerprint=self.device_cert.fingerprint if self.device_cert else "",
             device_id=self.device_id,
+            connectivity=self.connectivity.snapshot(),
         )
 
     def _status(self) -> pb.GetStatusResponse:
@@ -158,6 +218,8 @@ class Agent:
         ]
         if view.pressure is not None:
             parts.append(f"pressure {view.pressure.level.label}")
+        if view.connectivity is not None:
+            parts.append(f"cloud {view.connectivity.state.value}")
         return "; ".join(parts)
 
     def _on_pressure(self, snapshot: PressureSnapshot) -> None:
@@ -232,6 +294,7 @@ class Agent:
             plan=self._plan,
             tls=cfg.tls,
             device=self.device_cert,
+            operator=self._operator,
             extra_interceptors=[auth],
         )
 
@@ -259,6 +322,14 @@ class Agent:
             _log.exception("mDNS advertisement failed; serving without it")
             self._advertiser = None
 
+    def _load_documents(self) -> None:
+        """The last good policy and credential; a bad file is logged and ignored."""
+        for name, load in (("policy", self.policies.load), ("credential", self.credentials.load)):
+            try:
+                load()
+            except EdgeAgentError as exc:
+                _log.error("stored %s refused: %s", name, exc.message)
+
     async def start(self) -> None:
         self._built = self._build()
         await self._set_health(False)
@@ -270,6 +341,12 @@ class Agent:
                 self.metrics, self.config.metrics.address, self.config.metrics.port
             )
             self._metrics_server.start()
+        active = await asyncio.to_thread(self.bundles.recover)
+        bundle_dir = self.bundles.active_model_dir()
+        if active is not None and bundle_dir is not None:
+            self.engine.use_model(bundle_dir)
+        await asyncio.to_thread(self._load_documents)
+        self._apply_air_gap()
         self.notifier.status(f"loading {self.engine.model.name}")
         async with extending_timeout(self.notifier):
             await self.engine.start()
@@ -278,6 +355,14 @@ class Agent:
         secure_unix_sockets(self._built.bound, self.config.tls.admin_socket_mode)
         await self._set_health(self.engine.state == "ready")
         await self._advertise()
+        await self.connectivity.start()
+        if self.bundles.inbox_dir is not None:
+            watcher = InboxWatcher(
+                self.bundles,
+                self.bundles.inbox_dir,
+                poll_seconds=self.config.bundles.inbox_poll_seconds,
+            )
+            self._inbox_task = asyncio.create_task(watcher.run(), name="bundle-inbox")
         self._watchdog.add_check("engine", self._engine_alive)
         if self.notifier.watchdog_usec is not None:
             self._watchdog.start()
@@ -303,10 +388,18 @@ class Agent:
             # Refuses new RPCs at once and waits up to `grace` for in-flight streams.
             await self._built.server.stop(grace)
         await self._watchdog.stop()
+        if self._inbox_task is not None:
+            self._inbox_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._inbox_task
+        await self.connectivity.stop()
+        await self.cloud.aclose()
         await self.engine.stop()
         await self.pressure.stop()
         if self._metrics_server is not None:
             await self._metrics_server.aclose()
+        self.audit.close()
+        self.ledger.close()
         self.notifier.close()
         _log.info("stopped")
 

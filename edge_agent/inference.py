@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from edge_agent.chat import CallContext, ChatChunk, ChatSpec, Provenance, Timing, Usage
 from edge_agent.engine import (
@@ -94,7 +94,7 @@ class InferenceService:
             preallocated_tokens=context or None,
         )
 
-    def _to_generation(self, spec: ChatSpec) -> GenerationRequest:
+    def _to_generation(self, spec: ChatSpec, continue_from: str = "") -> GenerationRequest:
         context = self.context_length()
         if context and spec.max_tokens is not None and spec.max_tokens >= context:
             raise InvalidArgument(
@@ -109,13 +109,22 @@ class InferenceService:
             seed=spec.seed,
             stop=spec.stop,
             json_schema=spec.json_schema,
+            assistant_prefix=continue_from,
         )
 
     async def chat(
-        self, spec: ChatSpec, call: CallContext = _NO_CONTEXT, *, reason: str = "local.default"
-    ) -> AsyncIterator[ChatChunk]:
-        """Stream the local answer; closing the iterator cancels the generation."""
-        request = self._to_generation(spec)
+        self,
+        spec: ChatSpec,
+        call: CallContext = _NO_CONTEXT,
+        *,
+        reason: str = "local.default",
+        continue_from: str = "",
+    ) -> AsyncGenerator[ChatChunk, None]:
+        """Stream the local answer; closing the iterator cancels the generation.
+
+        ``continue_from``: text already sent to the client; the answer continues after it.
+        """
+        request = self._to_generation(spec, continue_from)
         t0 = time.perf_counter()
         outcome, usage, t_first = "error", None, None
         try:

@@ -178,6 +178,12 @@ class EngineSupervisor:
         )  # fmt: skip
         return handle
 
+    def use_model(self, model_dir: Path) -> None:
+        """Serve ``model_dir`` from the next start (the active bundle found at boot)."""
+        if self._active is not None:
+            raise RuntimeError("use switch_to() on a running engine")
+        self._model = identity_from_dir(model_dir)
+
     async def start(self) -> None:
         """Start the worker and wait until the model serves; raises EngineUnavailable."""
         self._stopping = False

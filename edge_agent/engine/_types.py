@@ -37,6 +37,8 @@ class GenerationRequest:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     json_schema: str | None = None
+    # Text the answer already has (a cloud stream cut mid-way): generation continues after it.
+    assistant_prefix: str = ""
 
     def to_job(self) -> dict[str, Any]:
         return {
@@ -48,6 +50,7 @@ class GenerationRequest:
             "seed": self.seed,
             "stop": list(self.stop),
             "json_schema": self.json_schema,
+            "assistant_prefix": self.assistant_prefix,
         }
 
 

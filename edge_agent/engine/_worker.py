@@ -270,6 +270,7 @@ class _Worker:
                 json.dumps([{"role": r, "content": c} for r, c in spec["messages"]]),
                 add_generation_prompt=True,
             )
+            prompt += spec.get("assistant_prefix") or ""
             tokens = np.asarray(self.tokenizer.encode(prompt), dtype=np.int32)
         except Exception:
             out.done.append(
