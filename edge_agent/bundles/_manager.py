@@ -198,13 +198,15 @@ class BundleManager:
     def _stage(
         self, archive: Path, staged: Path, consume: bool
     ) -> tuple[BundleManifest, tuple[str, ...]]:
-        size = archive.stat().st_size
-        free = self._free_bytes(self.store.root)
-        if free < size + self.config.free_space_margin_bytes:
-            raise ResourceExhausted(f"not enough disk space to stage {size} bytes")
-        unpack_bundle(archive, staged, self._limits())
-        if consume:
-            archive.unlink(missing_ok=True)
+        try:
+            size = archive.stat().st_size
+            free = self._free_bytes(self.store.root)
+            if free < size + self.config.free_space_margin_bytes:
+                raise ResourceExhausted(f"not enough disk space to stage {size} bytes")
+            unpack_bundle(archive, staged, self._limits())
+        finally:
+            if consume:  # a completed upload is never resumed: drop it, accepted or not
+                archive.unlink(missing_ok=True)
         return self._check(staged, anti_rollback=True)
 
     async def rollback(self) -> BundleInfo:

@@ -18,6 +18,7 @@ temp files, a slot the pointer does not name) is removed by ``recover``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from edge_agent.bundles._fsutil import atomic_write, fsync_dir, remove_tree
 from edge_agent.errors import BundleError
 
 __all__ = ["SLOTS", "Pointer", "SlotStore"]
+
+_log = logging.getLogger(__name__)
 
 SLOTS = ("a", "b")
 PointerState = Literal["committed", "trial"]
@@ -65,18 +68,24 @@ class SlotStore:
 
     # -- pointer -------------------------------------------------------------------------
     def read_pointer(self) -> Pointer:
+        return self._load_pointer() or Pointer()
+
+    def _load_pointer(self) -> Pointer | None:
+        """The pointer; ``None`` when the file exists but is not one we wrote."""
         try:
             raw = json.loads(self._pointer.read_bytes())
         except FileNotFoundError:
             return Pointer()
         except (OSError, ValueError):
             # Atomic replace makes a torn pointer impossible; garbage means outside meddling.
-            return Pointer()
+            return None
+        if not isinstance(raw, dict):
+            return None
         active, previous, state = raw.get("active"), raw.get("previous"), raw.get("state")
         if active not in (*SLOTS, None) or previous not in (*SLOTS, None) or active == previous:
-            return Pointer()
+            return None
         if state not in ("committed", "trial"):
-            return Pointer()
+            return None
         return Pointer(active, previous if active else None, state)
 
     def write_pointer(self, pointer: Pointer) -> None:
@@ -134,7 +143,20 @@ class SlotStore:
                 remove_tree(p)
         for p in self.root.glob(".*.tmp"):
             p.unlink(missing_ok=True)
-        pointer = self.read_pointer()
+        loaded = self._load_pointer()
+        if loaded is None:
+            # Never delete bundles because of a bad pointer: rebuild it from the slots (the
+            # caller verifies them and drops what fails), newest release first.
+            _log.error("current.json is unreadable; rebuilding it from the slots")
+            slots = sorted(
+                (s for s in SLOTS if (self.slot_dir(s) / "bundle.json").is_file()),
+                key=self._release_of,
+                reverse=True,
+            )
+            order: list[str | None] = [*slots, None, None]
+            loaded = Pointer(order[0], order[1], "committed")
+            self.write_pointer(loaded)
+        pointer = loaded
         if pointer.state == "trial":
             # The switch was never confirmed by a health probe: the old bundle wins; the
             # unconfirmed one stays as the rollback target (a rollback re-verifies and probes).
@@ -150,6 +172,12 @@ class SlotStore:
             if named and not self.slot_dir(named).is_dir():
                 pointer = self._forget(pointer, named)
         return pointer
+
+    def _release_of(self, slot: str) -> int:
+        try:
+            return int(json.loads((self.slot_dir(slot) / "bundle.json").read_bytes())["release"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return -1
 
     def _forget(self, pointer: Pointer, slot: str) -> Pointer:
         if pointer.active == slot:

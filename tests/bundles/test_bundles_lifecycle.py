@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
@@ -160,3 +161,32 @@ async def test_inbox_waits_while_a_copy_is_growing(tmp_path: Path) -> None:
     target.write_bytes(data)
     assert await watcher.scan_once() == []
     assert await watcher.scan_once() == [("copying.tar", "activated")]
+
+
+async def test_a_garbage_pointer_is_rebuilt_not_a_reason_to_delete(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path / "fleet")
+    m = _manager(tmp_path, fleet)
+    await _install(m, fleet, tmp_path, 1)
+    await _install(m, fleet, tmp_path, 2)
+    (m.store.root / "current.json").write_text("{not json")
+    restarted = _manager(tmp_path, fleet)
+    assert _state(restarted) == [(2, "b", True), (1, "a", False)]
+
+
+async def test_inbox_watcher_task_runs_until_cancelled(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path / "fleet")
+    inbox = tmp_path / "usb"
+    m = _manager(tmp_path, fleet)
+    watcher = InboxWatcher(m, inbox, poll_seconds=0.05)
+    task = asyncio.create_task(watcher.run())
+    archive = fleet.archive(fleet.sign(make_folder(tmp_path / "g", 1), "ops1"))
+    await asyncio.sleep(0.1)
+    (inbox / "r1.tar").write_bytes(archive.read_bytes())
+    for _ in range(200):
+        if (inbox / "done" / "r1.tar").exists():
+            break
+        await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert _state(m) == [(1, "a", True)]

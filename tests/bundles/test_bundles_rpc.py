@@ -107,6 +107,7 @@ async def test_refusal_reaches_the_client_as_failed_precondition(
     with pytest.raises(EdgeAgentError, match=r"FAILED_PRECONDITION: refused.*unknown-key"):
         await asyncio.to_thread(push_archive, b.target, fleet.archive(folder), progress=False)
     assert b.manager.list_bundles() == []
+    assert not any(b.manager.store.uploads.iterdir())  # a refused upload is not kept
 
 
 async def test_resume_after_a_dropped_stream(box: tuple[Box, Fleet], tmp_path: Path) -> None:
