@@ -101,6 +101,34 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _agent_config(args: argparse.Namespace) -> AgentConfig:
+    """The box's config for operator commands run on the box (defaults when absent)."""
+    path = Path(args.agent_config)
+    if path.exists():
+        return load_config(path)
+    return default_config(Path("/var/lib/edge-agent"))
+
+
+def _add_domain_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from edge_agent.audit import add_audit_commands
+    from edge_agent.bundles.cli import add_bundle_commands, add_keys_commands
+    from edge_agent.credentials import add_credentials_commands, add_device_key_command
+    from edge_agent.discovery import add_discover_command
+    from edge_agent.doctor import add_doctor_command
+    from edge_agent.router import add_policy_commands
+    from edge_agent.tls import add_tls_commands
+
+    add_bundle_commands(sub)
+    keys = add_keys_commands(sub)
+    add_device_key_command(keys, config=lambda a: _agent_config(a).credentials)
+    add_credentials_commands(sub, config=lambda a: _agent_config(a).credentials)
+    add_policy_commands(sub, config=lambda a: _agent_config(a).policy)
+    add_audit_commands(sub, config=lambda a: _agent_config(a).audit)
+    add_tls_commands(sub)
+    add_discover_command(sub)
+    add_doctor_command(sub)
+
+
 def _client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default=DEFAULT_TARGET, help="host:port of the daemon")
     p.add_argument("--token", default=None, help="client bearer token")
@@ -110,6 +138,11 @@ def _client_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
     parser.add_argument("--version", action="version", version=edge_agent.__version__)
+    parser.add_argument(
+        "--agent-config",
+        default=str(DEFAULT_CONFIG_PATH),
+        help="the box's config, for commands that read its state (keys device, audit, ...)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the daemon")
@@ -134,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     _client_args(status)
     status.set_defaults(func=_cmd_status)
+    _add_domain_commands(sub)
     return parser
 
 

@@ -302,8 +302,11 @@ def _cmd_rotate_apply(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_keys_commands(subparsers: Any) -> None:
-    """Add ``keys generate|trust|revoke|list|rotate {propose,sign,apply}`` to the main CLI."""
+def add_keys_commands(subparsers: Any) -> Any:
+    """Add ``keys generate|trust|revoke|list|rotate {propose,sign,apply}`` to the main CLI.
+
+    Returns the ``keys`` sub-command group so other packages can add to it (``keys device``).
+    """
     keys = subparsers.add_parser("keys", help="signing keys and the box's trust store")
     sub = keys.add_subparsers(dest="keys_command", required=True)
 
@@ -342,3 +345,4 @@ def add_keys_commands(subparsers: Any) -> None:
     p = _sub(rsub, "apply", _cmd_rotate_apply, "apply an update signed by the current threshold")
     p.add_argument("update", type=Path)
     p.add_argument("--store", type=Path, required=True)
+    return sub
