@@ -236,11 +236,7 @@ def test_installed_console_script_runs_through_its_shebang(installed: Path) -> N
     assert proc.stderr == ""
 
 
-def test_upgrade_keeps_config_remove_keeps_state_purge_removes_it(
-    deb: Path, tmp_path: Path
-) -> None:
-    root = _empty_root(tmp_path / "root")
-    _dpkg(root, "-i", str(deb))
+def _seed_state(root: Path) -> tuple[Path, Path, Path, Path]:
     conf = root / "etc/edge-agent/agent.toml"
     conf.write_text(conf.read_text() + "\n# local change\n")
     state = root / "var/lib/edge-agent/device/device_key.pem"
@@ -251,17 +247,19 @@ def test_upgrade_keeps_config_remove_keeps_state_purge_removes_it(
     sealed.write_text("sealed")
     other = root / "etc/credstore.encrypted/other-service.cred"
     other.write_text("someone else's")
+    return conf, state, sealed, other
 
-    # Reinstall the same version: the upgrade path of the maintainer scripts.
-    _dpkg(root, "--force-confold", "-i", str(deb))
-    assert conf.read_text().endswith("# local change\n")
-    assert (root / "etc/systemd/system/multi-user.target.wants/edge-agent.service").is_symlink()
+
+def test_remove_keeps_state_purge_removes_it(deb: Path, tmp_path: Path) -> None:
+    root = _empty_root(tmp_path / "root")
+    _dpkg(root, "-i", str(deb))
+    conf, state, sealed, other = _seed_state(root)
 
     _dpkg(root, "-r", "edge-agent")
     assert not (root / "opt/edge-agent/bin/edge-agent").exists()
     assert not (root / "lib/systemd/system/edge-agent.service").exists()
     assert state.read_text() == "not a real key"
-    assert conf.exists()  # a conffile survives remove
+    assert conf.read_text().endswith("# local change\n")  # a conffile survives remove
     assert sealed.exists()
 
     _dpkg(root, "-P", "edge-agent")
@@ -275,3 +273,18 @@ def test_upgrade_keeps_config_remove_keeps_state_purge_removes_it(
     assert not (root / "etc/systemd/system/edge-agent.service").exists()  # no mask left
     # Debian policy: the system account stays.
     assert _ids(root, "edge-agent")
+
+
+@pytest.mark.slow
+def test_upgrade_keeps_config_and_enablement(deb: Path, tmp_path: Path) -> None:
+    """Reinstalling runs the upgrade path of the maintainer scripts (unpacks 6000 files twice)."""
+    root = _empty_root(tmp_path / "root")
+    _dpkg(root, "-i", str(deb))
+    conf, state, _, _ = _seed_state(root)
+    _dpkg(root, "--force-confold", "-i", str(deb))
+    assert conf.read_text().endswith("# local change\n")
+    assert state.read_text() == "not a real key"
+    assert (root / "etc/systemd/system/multi-user.target.wants/edge-agent.service").is_symlink()
+    # Only the edited conffile differs from what the package shipped.
+    changed = _dpkg(root, "--verify", "edge-agent").stdout.splitlines()
+    assert changed == ["??5?????? c /etc/edge-agent/agent.toml"]
