@@ -12,7 +12,9 @@ from typing import Any
 
 from edge_agent.app import Agent, default_model_dir
 from edge_agent.config import AgentConfig, EngineConfig, ServerConfig, default_config
+from edge_agent.discovery import DiscoveryConfig
 from edge_agent.metrics import MetricsConfig
+from edge_agent.sdnotify import SystemdNotifier
 
 DEMO_MODEL = default_model_dir()
 
@@ -34,16 +36,20 @@ def make_config(tmp: Path, **engine: Any) -> AgentConfig:
         server=ServerConfig(listen=("127.0.0.1:0",), grace_s=5.0),
         engine=EngineConfig(model_dir=DEMO_MODEL, restart_backoff_s=0.2, **engine),
         metrics=MetricsConfig(port=0),
+        # mDNS is proven on loopback in tests/e2e; here it would only add multicast noise.
+        discovery=DiscoveryConfig(enabled=False),
     )
 
 
-def start_agent(config: AgentConfig) -> tuple[RunningAgent, threading.Thread]:
+def start_agent(
+    config: AgentConfig, *, notifier: SystemdNotifier | None = None
+) -> tuple[RunningAgent, threading.Thread]:
     """Run the agent on its own loop in a thread, as the daemon's main thread would."""
     ready: Future[RunningAgent] = Future()
 
     def main() -> None:
         async def body() -> None:
-            agent = Agent(config)
+            agent = Agent(config, notifier=notifier or SystemdNotifier({}))
             try:
                 await agent.start()
             except BaseException as exc:
