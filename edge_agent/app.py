@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
@@ -25,7 +26,7 @@ from edge_agent.audit import AuditLog
 from edge_agent.bundles import BundleManager, InboxWatcher
 from edge_agent.chat import CallContext, ChatChunk, ChatSpec
 from edge_agent.cloud import ConnectivityMonitor, ConnectivitySnapshot, RouterClient
-from edge_agent.config import AgentConfig
+from edge_agent.config import AgentConfig, load_config
 from edge_agent.credentials import CredentialStore
 from edge_agent.discovery import Advertiser, BoxAnnouncement
 from edge_agent.engine import EngineSupervisor, identity_from_dir
@@ -81,8 +82,15 @@ def _client_id() -> str:
 class Agent:
     """One running daemon."""
 
-    def __init__(self, config: AgentConfig, *, notifier: SystemdNotifier | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        notifier: SystemdNotifier | None = None,
+        config_path: Path | None = None,
+    ) -> None:
         self.config = config
+        self._config_path = config_path
         self.notifier = notifier if notifier is not None else SystemdNotifier()
         model_dir = config.engine.model_dir or default_model_dir()
         self.metrics = Metrics(version=edge_agent.__version__)
@@ -423,13 +431,44 @@ class Agent:
             self._stop_requested.clear()
             await self.stop()
 
+    async def reload(self) -> None:
+        """SIGHUP: re-read policy, credential and the reloadable config keys; keep streams."""
+        self.notifier.reloading("reloading configuration")
+        if self._config_path is not None:
+            try:
+                new = await asyncio.to_thread(load_config, self._config_path)
+            except ConfigError as exc:
+                _log.error("reload refused, keeping the running configuration: %s", exc.message)
+                new = None
+            if new is not None:
+                logging.getLogger().setLevel(new.logging.level)
+                self.router.set_overrides(new.policy.overrides)
+                fixed = [
+                    f.name
+                    for f in dataclasses.fields(new)
+                    if f.name not in ("source", "logging", "policy")
+                    and getattr(new, f.name) != getattr(self.config, f.name)
+                ]
+                if fixed:
+                    _log.warning("changed sections need a restart: %s", ", ".join(fixed))
+                self.config = dataclasses.replace(
+                    self.config, logging=new.logging, policy=new.policy
+                )
+        await asyncio.to_thread(self._load_documents)
+        self._apply_air_gap()
+        self.notifier.ready(self.status_line())
+        _log.info("reloaded")
+
     async def run(self) -> None:
-        """:meth:`serve` until SIGTERM or SIGINT."""
+        """:meth:`serve` until SIGTERM or SIGINT; SIGHUP reloads."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: loop.create_task(self.reload(), name="reload")
+        )
         try:
             await self.serve()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)

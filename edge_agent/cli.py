@@ -43,7 +43,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             config, server=dataclasses.replace(config.server, listen=tuple(args.listen))
         )
     setup_logging(config.logging)
-    asyncio.run(Agent(config).run())
+    config_path = None if args.demo else Path(args.config)
+    asyncio.run(Agent(config, config_path=config_path).run())
     return 0
 
 

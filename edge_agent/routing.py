@@ -123,6 +123,10 @@ class ChatRouter:
         self._cloud_config = cloud_config
         self._include_prompts = include_prompts
 
+    def set_overrides(self, overrides: LocalPolicyOverrides) -> None:
+        """The local tightening after a config reload (it can only make policy stricter)."""
+        self._overrides = overrides
+
     def effective_policy(self) -> EffectivePolicy:
         doc = self._policies.current()
         info = self._credentials.info()

@@ -32,16 +32,19 @@ def _serve(tmp_path: Path, grace_s: float) -> tuple[subprocess.Popen[bytes], str
         f'[engine]\nmodel_dir = "{DEMO_MODEL}"\n'
         "[metrics]\nport = 0\n"
     )
+    # A file, not a pipe: a chatty daemon must never block on a full pipe nobody reads.
+    log = (tmp_path / "daemon.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge_agent.cli", "serve", "--config", str(config)],
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
+    log.close()
     target = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     with grpc.insecure_channel(target) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         while True:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+            assert proc.poll() is None, (tmp_path / "daemon.log").read_text()
             try:
                 status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
                 if status == health_pb2.HealthCheckResponse.SERVING:
@@ -87,8 +90,6 @@ def test_sigterm_drains_in_flight_streams_and_exits_zero(tmp_path: Path) -> None
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
 
 
 def test_sigterm_with_short_grace_cuts_long_streams_and_still_exits_zero(tmp_path: Path) -> None:
@@ -113,5 +114,38 @@ def test_sigterm_with_short_grace_cuts_long_streams_and_still_exits_zero(tmp_pat
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+
+
+def test_sighup_reloads_without_dropping_streams(tmp_path: Path) -> None:
+    proc, target = _serve(tmp_path, grace_s=5)
+    try:
+        with grpc.insecure_channel(target) as ch:
+            stub = pb_grpc.InferenceStub(ch)
+            request = pb.ChatRequest(
+                messages=[pb.ChatMessage(role="user", content="Tell a story.")], max_tokens=120
+            )
+            call = stub.Chat(request, timeout=60)
+            next(call)
+            # A reloadable change (log level) and a broken edit must both keep the box serving.
+            config = tmp_path / "agent.toml"
+            config.write_text(config.read_text() + '[logging]\nlevel = "DEBUG"\n')
+            proc.send_signal(signal.SIGHUP)
+            rest = list(call)
+            assert rest[-1].usage.completion_tokens == 120
+            health = health_pb2_grpc.HealthStub(ch)
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+            config.write_text(config.read_text() + "[nonsense]\n")
+            proc.send_signal(signal.SIGHUP)
+            time.sleep(0.5)
+            answer = list(stub.Chat(request, timeout=60))
+            assert answer[-1].usage.completion_tokens == 120
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        err = (tmp_path / "daemon.log").read_text()
+        assert "reloaded" in err
+        assert "reload refused" in err and "nonsense" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
