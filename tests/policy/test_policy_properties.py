@@ -60,10 +60,10 @@ prices = st.builds(
 )
 budgets = st.builds(
     Budgets,
-    mostly(1_000_000, 0, 2_000, 20_000, 60_000, k=3),
-    mostly(5_000_000, 0, 10_000, 100_000, k=3),
-    mostly(100.0, 0.0, 0.01, 0.5, 2.0, k=3),
-    mostly(1000.0, 0.0, 0.1, 5.0, 20.0, k=3),
+    mostly(1_000_000, 0, 2_000, 20_000, 60_000, k=12),
+    mostly(5_000_000, 0, 10_000, 100_000, k=9),
+    mostly(100.0, 0.0, 0.01, 0.5, 2.0, k=12),
+    mostly(1000.0, 0.0, 0.1, 5.0, 20.0, k=12),
 )
 client_rules = st.builds(
     ClientRule,
@@ -112,7 +112,7 @@ def policies(draw: st.DrawFn) -> EffectivePolicy:
 requests = st.builds(
     RouteRequest,
     client_id=st.sampled_from(CLIENTS),
-    data_class=mostly("public", None, "", "bogus", *DATA_CLASSES, k=8),
+    data_class=mostly("public", None, "", "bogus", *DATA_CLASSES, k=12),
     route=mostly("auto", "local_only", "large_model", k=8),
     prompt_tokens=st.integers(0, 9000),
     max_tokens=st.integers(0, 4000),
@@ -121,8 +121,11 @@ requests = st.builds(
     local_queue_wait_s=st.floats(0, 60),
     model=st.sampled_from((None, "local-model", *MODELS)),
 )
-pressures = st.builds(PressureView, st.sampled_from(("ok", "elevated", "critical")), st.booleans())
-CONNECTIVITY_DRAW = mostly("online", *CONNECTIVITY, k=4)
+# Mostly under pressure: a request with no need never escalates, which proves nothing.
+pressures = st.builds(
+    PressureView, mostly("critical", "ok", "elevated", k=4), mostly(True, False, k=3)
+)
+CONNECTIVITY_DRAW = mostly("online", *CONNECTIVITY, k=8)
 budget_views = st.builds(
     BudgetView,
     mostly(0, 1_000, 19_000, 59_000, k=3),
@@ -205,7 +208,7 @@ def test_cloud_only_when_everything_permits() -> None:
         assert d.estimated_tokens >= r.prompt_tokens + r.max_tokens
 
     check()
-    assert seen["cloud"] >= 5  # the property was exercised, not vacuously true
+    assert seen["cloud"] >= 10, seen  # the property was exercised, not vacuously true
 
 
 def test_air_gapped_is_never_cloud() -> None:
@@ -232,7 +235,7 @@ def test_air_gapped_is_never_cloud() -> None:
         assert decide(r, pr, conn, merged, b, now).destination != "cloud"
 
     check()
-    assert seen["cloud_when_not_gapped"] >= 5  # the same inputs did escalate without the gap
+    assert seen["cloud_when_not_gapped"] >= 10, seen  # the same inputs did escalate ungapped
 
 
 def test_local_tightening_never_loosens() -> None:
@@ -273,8 +276,8 @@ def test_local_tightening_never_loosens() -> None:
             seen["cloud_baseline_only"] += 1
 
     check()
-    assert seen["cloud_tightened"] >= 3
-    assert seen["cloud_baseline_only"] >= 3  # the overrides really did tighten something
+    assert seen["cloud_tightened"] >= 4, seen
+    assert seen["cloud_baseline_only"] >= 4, seen  # the overrides really did tighten something
 
 
 def test_budgets_never_exceeded_with_ledger() -> None:
@@ -339,8 +342,8 @@ def test_budgets_never_exceeded_with_ledger() -> None:
                 ledger.close()
 
     check()
-    assert seen["reserved"] >= 5
-    assert seen["exhausted"] >= 1
+    assert seen["reserved"] >= 3, seen
+    assert seen["exhausted"] >= 1, seen
 
 
 @pytest.mark.slow
