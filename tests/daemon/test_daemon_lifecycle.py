@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -96,5 +97,32 @@ def test_worker_kill_fails_streams_then_recovers(tmp_path: Path) -> None:
             # The restart was observed at least once as NOT_SERVING, or it was faster
             # than one health round-trip; the restart counter proves it happened.
             assert saw_not_serving or status.engine.restarts == 1
+    finally:
+        stop_agent(running, thread)
+
+
+def test_reflection_is_off_by_default_and_on_when_configured(
+    daemon: RunningAgent, tmp_path: Path
+) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    def services(target: str) -> list[str]:
+        with grpc.insecure_channel(target) as ch:
+            stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            response = next(iter(stub.ServerReflectionInfo(iter([request]), timeout=5)))
+            return [s.name for s in response.list_services_response.service]
+
+    with pytest.raises(grpc.RpcError) as info:
+        services(daemon.target)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    config = make_config(tmp_path)
+    config = dataclasses.replace(config, server=dataclasses.replace(config.server, reflection=True))
+    running, thread = start_agent(config)
+    try:
+        names = services(running.target)
+        assert "edge_agent.v1.Inference" in names
+        assert "edge_agent.v1.Operator" in names
+        assert "grpc.health.v1.Health" in names
     finally:
         stop_agent(running, thread)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import FleetKey
+from policy_helpers import FleetKey
 from policy_support import CLINIC, with_version
 
 from edge_agent._tomlreader import TableReader

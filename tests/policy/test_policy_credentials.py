@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import FleetKey
+from policy_helpers import FleetKey
 
 from edge_agent._fleetkeys import FleetKeyring, key_id, sign_document
 from edge_agent.credentials import (

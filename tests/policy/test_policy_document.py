@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import FleetKey
+from policy_helpers import FleetKey
 from policy_support import CLINIC, with_version
 
 from edge_agent._fleetkeys import FleetKeyring, sign_document

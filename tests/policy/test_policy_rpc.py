@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import FleetKey
 from grpc import aio
+from policy_helpers import FleetKey
 from policy_support import CLINIC, PolicyOperator, with_version
 
 from edge_agent._fleetkeys import FleetKeyring

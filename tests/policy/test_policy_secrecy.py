@@ -17,8 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import FleetKey
 from grpc import aio
+from policy_helpers import FleetKey
 from policy_support import CLINIC, PolicyOperator
 
 from edge_agent._fleetkeys import FleetKeyring
