@@ -9,6 +9,7 @@ or ends with a clear status (``cloud.failover``). Every decision lands in the au
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -51,8 +52,10 @@ from edge_agent.router import (
     Decision,
     EffectivePolicy,
     LocalPolicyOverrides,
+    ModelPrice,
     PolicyStore,
     PressureView,
+    Reservation,
     RouteRequest,
     decide,
     merge_policy,
@@ -141,6 +144,19 @@ class ChatRouter:
             return "disabled"
         return str(self._connectivity.snapshot().state.value)
 
+    def _live_prices(self, policy: EffectivePolicy) -> dict[str, ModelPrice]:
+        """The router's current prices of the policy's models (reservations take the higher)."""
+        catalog = self._connectivity.catalog if self._connectivity is not None else None
+        if catalog is None:
+            return {}
+        prices = {}
+        for model in policy.models:
+            with contextlib.suppress(Exception):
+                p = catalog.pricing_for(parse_model_ref(model))
+                if p is not None:
+                    prices[model] = ModelPrice(float(p.input_per_mtok), float(p.output_per_mtok))
+        return prices
+
     def _decide(self, spec: ChatSpec, call: CallContext, now: datetime) -> Decision:
         policy = self.effective_policy()
         context = self._local.context_length()
@@ -164,7 +180,9 @@ class ChatRouter:
             local_queue_wait_s=stats.queued * _QUEUE_SECONDS_PER_WAITER,
             model=spec.model or None,
         )
-        budget = self._ledger.view(now, call.client_id, info.envelope_id if info else "")
+        budget = self._ledger.view(
+            now, call.client_id, info.envelope_id if info else "", self._live_prices(policy)
+        )
         pressure = PressureView(
             level=level,  # type: ignore[arg-type]
             local_admissible=level != "critical" and (room is None or cost <= room),
@@ -232,7 +250,8 @@ class ChatRouter:
         policy = self.effective_policy()
         info = self._credentials.info()
         try:
-            reservation = self._ledger.reserve(
+            reservation = await asyncio.to_thread(
+                self._ledger.reserve,
                 policy,
                 client_id=call.client_id,
                 tokens=decision.estimated_tokens,
@@ -307,7 +326,9 @@ class ChatRouter:
                     answer = self._cloud_usage(cloud_usage, spec, cloud_text)
                     outcome.usage, outcome.model = answer, served_by[0] or model
                     outcome.provider = served_by[1]
-                    outcome.cost = self._settle(reservation, answer, outcome.model, served_by[1])
+                    outcome.cost = await self._settle(
+                        reservation, answer, outcome.model, served_by[1]
+                    )
                     settled = True
                     yield ChatChunk(
                         delta=chunk.delta,
@@ -325,9 +346,9 @@ class ChatRouter:
             if not settled:
                 if cloud_text:
                     partial = self._cloud_usage(cloud_usage, spec, cloud_text)
-                    outcome.cost = self._settle(reservation, partial, model, served_by[1])
+                    outcome.cost = await self._settle(reservation, partial, model, served_by[1])
                 else:
-                    self._ledger.release(reservation)
+                    await asyncio.to_thread(self._ledger.release, reservation)
             for event in failovers:
                 _log.warning(
                     "cloud %s at %s (%s): %s",
@@ -344,7 +365,9 @@ class ChatRouter:
         # No usage from the router (a cut stream): estimate high so budgets stay safe.
         return Usage(estimate_prompt_tokens(spec), sum(len(t) for t in text) // 2 + 1)
 
-    def _settle(self, reservation: object, usage: Usage, model: str, provider: str) -> float:
+    async def _settle(
+        self, reservation: Reservation, usage: Usage, model: str, provider: str
+    ) -> float:
         price = None
         catalog = self._connectivity.catalog if self._connectivity is not None else None
         if catalog is not None:
@@ -357,7 +380,10 @@ class ChatRouter:
             fleet = self.effective_policy().models.get(model.split(":")[0])
             if fleet is not None:
                 usd = Decimal(str(fleet.cost(usage.prompt_tokens, usage.completion_tokens)))
-        self._ledger.settle(reservation, tokens=usage.total_tokens, usd=float(usd))  # type: ignore[arg-type]
+        # An fsynced commit: off the event loop.
+        await asyncio.to_thread(
+            self._ledger.settle, reservation, tokens=usage.total_tokens, usd=float(usd)
+        )
         return float(usd)
 
     async def _record(
