@@ -113,8 +113,9 @@ class _EngineLane:
             options.set_do_sample(True)
             if spec["top_p"] is not None:
                 options.set_top_p(float(spec["top_p"]))
-            if spec["top_k"] is not None:
-                options.set_top_k(int(spec["top_k"]))
+            # Unset means "no cut" (the API's 0), as on the Generator path: left to the
+            # model's search defaults (top_k = 1 in many configs) the Engine refuses sampling.
+            options.set_top_k(int(spec["top_k"]) if spec["top_k"] is not None else 0)
         # Stop strings are matched here (StopFilter): the static Engine refuses them.
         if spec["json_schema"]:
             options.set_guidance("json_schema", spec["json_schema"])
