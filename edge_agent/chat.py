@@ -42,6 +42,7 @@ class ChatSpec:
     messages: tuple[Message, ...]
     model: str = ""
     max_tokens: int | None = None
+    min_tokens: int = 0
     temperature: float = 0.0
     top_p: float | None = None
     top_k: int | None = None

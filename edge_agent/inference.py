@@ -103,6 +103,7 @@ class InferenceService:
         return GenerationRequest(
             messages=spec.messages,
             max_tokens=spec.max_tokens,
+            min_tokens=spec.min_tokens,
             temperature=spec.temperature,
             top_p=spec.top_p,
             top_k=spec.top_k,

@@ -17,6 +17,7 @@ _DEST = {pb.DESTINATION_LOCAL: "local", pb.DESTINATION_CLOUD: "cloud"}
 @dataclass(frozen=True, slots=True)
 class ChatOptions:
     max_tokens: int | None = None
+    min_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
@@ -40,6 +41,8 @@ def build_request(messages: Sequence[tuple[str, str]], options: ChatOptions) -> 
     )
     if options.max_tokens is not None:
         request.max_tokens = options.max_tokens
+    if options.min_tokens is not None:
+        request.min_tokens = options.min_tokens
     if options.temperature is not None:
         request.temperature = options.temperature
     if options.top_p is not None:

@@ -31,6 +31,7 @@ class GenerationRequest:
 
     messages: tuple[Message, ...]
     max_tokens: int | None = None
+    min_tokens: int = 0
     temperature: float = 0.0
     top_p: float | None = None
     top_k: int | None = None
@@ -44,6 +45,7 @@ class GenerationRequest:
         return {
             "messages": [(m.role, m.content) for m in self.messages],
             "max_tokens": self.max_tokens,
+            "min_tokens": self.min_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": self.top_k,

@@ -107,6 +107,8 @@ class _EngineLane:
         options = og.TurnOptions(request)
         options.set_max_generated_tokens(job.max_new)
         spec = job.job
+        if spec.get("min_tokens"):
+            options.set_min_generated_tokens(min(int(spec["min_tokens"]), job.max_new))
         temperature = float(spec["temperature"])
         options.set_temperature(temperature)
         if temperature > 0:
@@ -170,6 +172,8 @@ class _GeneratorLane:
             "temperature": float(spec["temperature"]),
             "random_seed": int(spec["seed"]),
         }
+        if spec.get("min_tokens"):
+            options["min_length"] = len(job.tokens) + min(int(spec["min_tokens"]), job.max_new)
         if spec["top_p"] is not None:
             options["top_p"] = float(spec["top_p"])
         options["top_k"] = int(spec["top_k"]) if spec["top_k"] is not None else 0

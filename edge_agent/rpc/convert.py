@@ -86,6 +86,11 @@ def chat_spec_from_proto(request: pb.ChatRequest, limits: EngineConfig) -> ChatS
         if request.max_tokens <= 0:
             raise InvalidArgument("max_tokens", "must be positive")
         max_tokens = request.max_tokens
+    min_tokens = 0
+    if request.HasField("min_tokens"):
+        if request.min_tokens < 0 or (max_tokens is not None and request.min_tokens > max_tokens):
+            raise InvalidArgument("min_tokens", "must be in [0, max_tokens]")
+        min_tokens = request.min_tokens
     temperature = 0.0
     if request.HasField("temperature"):
         temperature = _finite("temperature", request.temperature, 0.0, 2.0)
@@ -119,6 +124,7 @@ def chat_spec_from_proto(request: pb.ChatRequest, limits: EngineConfig) -> ChatS
         messages=messages,
         model=request.model,
         max_tokens=max_tokens,
+        min_tokens=min_tokens,
         temperature=temperature,
         top_p=top_p,
         top_k=top_k,

@@ -24,6 +24,8 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("zero max_tokens", {"messages": _user(), "max_tokens": 0}, "max_tokens"),
     ("negative max_tokens", {"messages": _user(), "max_tokens": -5}, "max_tokens"),
     ("max_tokens beyond context", {"messages": _user(), "max_tokens": 10_000_000}, "max_tokens"),
+    ("min_tokens above max_tokens", {"messages": _user(), "max_tokens": 4, "min_tokens": 5}, "min_tokens"),
+    ("negative min_tokens", {"messages": _user(), "min_tokens": -1}, "min_tokens"),
     ("temperature too high", {"messages": _user(), "temperature": 2.5}, "temperature"),
     ("temperature negative", {"messages": _user(), "temperature": -0.1}, "temperature"),
     ("temperature NaN", {"messages": _user(), "temperature": float("nan")}, "temperature"),
@@ -69,7 +71,9 @@ def test_bad_requests_do_not_disturb_a_stream_in_flight(channel: grpc.Channel) -
     result: list[pb.ChatResponse] = []
 
     def long_stream() -> None:
-        request = pb.ChatRequest(messages=_user("Write a long story."), max_tokens=60)
+        request = pb.ChatRequest(
+            messages=_user("Write a long story."), max_tokens=60, min_tokens=60
+        )
         result.extend(stub.Chat(request, timeout=60))
 
     worker = threading.Thread(target=long_stream)

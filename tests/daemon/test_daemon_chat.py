@@ -41,9 +41,16 @@ def test_chat_streams_deltas_then_a_final_message(channel: grpc.Channel) -> None
 
 
 def test_max_tokens_ends_with_length(channel: grpc.Channel) -> None:
-    final = _ask(channel, "Count to one hundred, slowly.", max_tokens=3)[-1]
+    final = _ask(channel, "Count to one hundred, slowly.", max_tokens=3, min_tokens=3)[-1]
     assert final.finish_reason == pb.FINISH_REASON_LENGTH
     assert final.usage.completion_tokens == 3
+
+
+def test_min_tokens_holds_off_the_end_of_sequence(channel: grpc.Channel) -> None:
+    free = _ask(channel, "Hi.", max_tokens=200)[-1]
+    held = _ask(channel, "Hi.", max_tokens=200, min_tokens=150)[-1]
+    assert held.usage.completion_tokens >= 150
+    assert held.usage.completion_tokens >= free.usage.completion_tokens
 
 
 def test_greedy_answers_are_deterministic(channel: grpc.Channel) -> None:

@@ -18,7 +18,10 @@ from edge_agent._proto.edge_agent.v1 import inference_pb2_grpc as pb_grpc
 
 
 def _long(text: str = "Write a very long story.") -> pb.ChatRequest:
-    return pb.ChatRequest(messages=[pb.ChatMessage(role="user", content=text)], max_tokens=480)
+    # min_tokens keeps the (trained, terse) demo model talking long enough to be interrupted.
+    return pb.ChatRequest(
+        messages=[pb.ChatMessage(role="user", content=text)], max_tokens=1500, min_tokens=1500
+    )
 
 
 def _wait_idle(daemon: RunningAgent, timeout_s: float = 10.0) -> dict[str, int]:

@@ -62,7 +62,9 @@ def test_sigterm_drains_in_flight_streams_and_exits_zero(tmp_path: Path) -> None
         with grpc.insecure_channel(target) as ch:
             stub = pb_grpc.InferenceStub(ch)
             request = pb.ChatRequest(
-                messages=[pb.ChatMessage(role="user", content="Tell a story.")], max_tokens=80
+                messages=[pb.ChatMessage(role="user", content="Tell a story.")],
+                max_tokens=80,
+                min_tokens=80,
             )
             call = stub.Chat(request, timeout=60)
             first = next(call)
@@ -98,7 +100,9 @@ def test_sigterm_with_short_grace_cuts_long_streams_and_still_exits_zero(tmp_pat
         with grpc.insecure_channel(target) as ch:
             stub = pb_grpc.InferenceStub(ch)
             request = pb.ChatRequest(
-                messages=[pb.ChatMessage(role="user", content="Tell a story.")], max_tokens=480
+                messages=[pb.ChatMessage(role="user", content="Tell a story.")],
+                max_tokens=1500,
+                min_tokens=1500,
             )
             call = stub.Chat(request, timeout=60)
             next(call)
@@ -122,7 +126,9 @@ def test_sighup_reloads_without_dropping_streams(tmp_path: Path) -> None:
         with grpc.insecure_channel(target) as ch:
             stub = pb_grpc.InferenceStub(ch)
             request = pb.ChatRequest(
-                messages=[pb.ChatMessage(role="user", content="Tell a story.")], max_tokens=120
+                messages=[pb.ChatMessage(role="user", content="Tell a story.")],
+                max_tokens=120,
+                min_tokens=120,
             )
             call = stub.Chat(request, timeout=60)
             next(call)
