@@ -80,6 +80,7 @@ class RawEngine:
             r = self.engine.create_request()
             o = og.TurnOptions(r)
             o.set_max_generated_tokens(max_tokens)
+            o.set_min_generated_tokens(max_tokens)
             o.set_temperature(0.0)
             r.begin_turn(self.tokens(p), o)
             requests.append(r)
@@ -145,8 +146,11 @@ class Daemon:
 
 
 async def _stream(stub: Any, prompt: str, max_tokens: int) -> tuple[int, float]:
+    # min_tokens = max_tokens: both sides generate exactly the same number of tokens.
     request = pb.ChatRequest(
-        messages=[pb.ChatMessage(role="user", content=prompt)], max_tokens=max_tokens
+        messages=[pb.ChatMessage(role="user", content=prompt)],
+        max_tokens=max_tokens,
+        min_tokens=max_tokens,
     )
     start = time.perf_counter()
     first = 0.0
