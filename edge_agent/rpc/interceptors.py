@@ -15,13 +15,53 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from edge_agent.errors import EdgeAgentError, ResourceExhausted
+from edge_agent.errors import EdgeAgentError, InvalidArgument, ResourceExhausted
 
 __all__ = ["ErrorInterceptor", "request_id"]
 
 _log = logging.getLogger(__name__)
 
 _REQUEST_ID_KEY = "x-request-id"
+
+
+class _Malformed:
+    """Stands in for a request whose bytes did not parse; the behaviour refuses it."""
+
+    __slots__ = ()
+
+
+_MALFORMED = _Malformed()
+
+
+def _guard_deserializer(deserialize: Callable[[bytes], Any] | None) -> Any:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception:  # DecodeError, bad UTF-8 in a string field, ...: the caller's fault
+            return _MALFORMED
+
+    return parse
+
+
+def _refuse_malformed(request: Any) -> None:
+    if request is _MALFORMED:
+        raise InvalidArgument("request", "is not a valid protobuf message of this method's type")
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for item in requests:
+        _refuse_malformed(item)
+        yield item
+
+
+def _checked_request(request_or_iterator: Any) -> Any:
+    if hasattr(request_or_iterator, "__aiter__"):
+        return _checked(request_or_iterator)
+    _refuse_malformed(request_or_iterator)
+    return request_or_iterator
 
 
 def request_id(context: aio.ServicerContext[Any, Any]) -> str:
@@ -54,7 +94,7 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callabl
     async def wrapper(request_or_iterator: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         rid = request_id(context)
         try:
-            return await behavior(request_or_iterator, context)
+            return await behavior(_checked_request(request_or_iterator), context)
         except aio.AbortError:
             raise
         except Exception as exc:
@@ -69,7 +109,7 @@ def _wrap_stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any
     ) -> AsyncIterator[Any]:
         rid = request_id(context)
         try:
-            async for item in behavior(request_or_iterator, context):
+            async for item in behavior(_checked_request(request_or_iterator), context):
                 yield item
         except aio.AbortError:
             raise
@@ -90,12 +130,13 @@ class ErrorInterceptor(aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        # Health and reflection come from grpcio and raise no errors of ours.
-        if handler is None or not method.startswith("/edge_agent."):
+        if handler is None:
             return handler
+        method = handler_call_details.method
+        # Health and reflection (grpcio's own) are wrapped too: their requests can be
+        # malformed like ours, and the wrapper adds nothing else to a call that succeeds.
         kwargs = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": _guard_deserializer(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:

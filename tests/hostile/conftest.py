@@ -10,9 +10,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hostile_common import hostile_config  # noqa: E402  (also puts the harness on the path)
+# hostile_common puts the daemon harness and the fake router on the path.
+from hostile_common import hostile_config  # noqa: I001
 
-from daemon_harness import RunningAgent, start_agent, stop_agent  # noqa: E402
+from daemon_harness import RunningAgent, start_agent, stop_agent
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ for _folder in ("daemon", "cloud", "bundles", "hostile"):
         sys.path.insert(0, str(_TESTS / _folder))
 
 from daemon_harness import RunningAgent, make_config  # noqa: E402
-
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from edge_agent.config import AgentConfig  # noqa: E402
 from edge_agent.tls import RateLimit  # noqa: E402
@@ -100,7 +100,7 @@ def hostile_config(tmp: Path, **engine: Any) -> AgentConfig:
     Every loopback caller shares one anonymous bucket (20/s); a fuzzer or 64 soak clients
     would only measure the limiter, which tests/network already proves.
     """
-    config = make_config(tmp, **engine)
+    config: AgentConfig = make_config(tmp, **engine)
     off = RateLimit(requests_per_s=0.0, burst=0)
     auth = dataclasses.replace(config.auth, client_rate=off, operator_rate=off)
     return dataclasses.replace(config, auth=auth)
@@ -135,7 +135,8 @@ def engine_idle(running: RunningAgent, timeout_s: float = 20.0) -> dict[str, int
 
 def rss_bytes(pid: int | None = None) -> int:
     gc.collect()
-    return int(psutil.Process(pid).memory_info().rss)
+    rss: int = psutil.Process(pid).memory_info().rss
+    return rss
 
 
 def worker_pid(running: RunningAgent) -> int:
