@@ -9,6 +9,7 @@ trailer) before any servicer code runs.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -157,7 +158,10 @@ def _wrap(
                 async for item in behavior(request, context):
                     yield item
             finally:
-                _reset_identity(token)
+                # A cancelled stream is closed by grpcio from another task, whose context
+                # did not set the token; the call's own context ends with it anyway.
+                with contextlib.suppress(ValueError):
+                    _reset_identity(token)
 
         new_behavior: Callable[..., Any] = wrapped_stream
     else:
