@@ -19,29 +19,16 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 
 from edge_agent._operator_cli import OperatorTarget
 from edge_agent._proto.edge_agent.v1 import bundles_pb2, operator_pb2_grpc
-from edge_agent.errors import (
-    BundleError,
-    ConfigError,
-    EdgeAgentError,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    ResourceExhausted,
-    Unauthenticated,
-    Unavailable,
+from edge_agent.client._operator_channel import (
+    open_operator_channel,
+    operator_metadata,
+    rpc_error,
 )
+from edge_agent.errors import BundleError, EdgeAgentError, FailedPrecondition, InvalidArgument
 
-__all__ = ["PushOutcome", "list_remote", "open_channel", "push_archive", "rollback_remote"]
+__all__ = ["PushOutcome", "list_remote", "push_archive", "rollback_remote"]
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED}
-_CODES: dict[grpc.StatusCode, type[EdgeAgentError]] = {
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-    grpc.StatusCode.FAILED_PRECONDITION: BundleError,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,37 +39,8 @@ class PushOutcome:
     attempts: int
 
 
-def _read(path: Path | None, what: str) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{what} {path.name}: cannot be read ({exc.strerror})") from exc
-
-
-def open_channel(target: OperatorTarget) -> grpc.Channel:
-    if target.insecure:
-        return grpc.insecure_channel(target.address)
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=_read(target.ca_cert, "CA certificate"),
-        private_key=_read(target.client_key, "client key"),
-        certificate_chain=_read(target.client_cert, "client certificate"),
-    )
-    return grpc.secure_channel(target.address, creds)
-
-
-def _metadata(target: OperatorTarget) -> tuple[tuple[str, str], ...]:
-    raw = _read(target.operator_token_file, "operator token file")
-    return (("authorization", "Bearer " + raw.decode().strip()),) if raw else ()
-
-
 def _error(exc: grpc.RpcError) -> EdgeAgentError:
-    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = ((exc.details() if isinstance(exc, grpc.Call) else None) or "")[:500]
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidArgument("push", details)
-    return _CODES.get(code, Unavailable)(f"the box answered {code.name}: {details}")
+    return rpc_error(exc, refused=BundleError, invalid_field="push")
 
 
 def _info(b: bundles_pb2.BundleInfo) -> dict[str, Any]:
@@ -122,12 +80,12 @@ def push_archive(
     except OSError as exc:
         raise InvalidArgument("archive", "cannot be read") from exc
     digest = _sha256(archive)
-    meta = _metadata(target)
+    meta = operator_metadata(target)
     sent = 0
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="push", disable=not progress)
     try:
         for attempt in range(1, max_attempts + 1):
-            with open_channel(target) as channel:
+            with open_operator_channel(target) as channel:
                 stub = operator_pb2_grpc.OperatorStub(channel)
                 try:
                     answer = stub.GetUploadOffset(
@@ -178,12 +136,12 @@ def push_archive(
 
 
 def list_remote(target: OperatorTarget) -> list[dict[str, Any]]:
-    with open_channel(target) as channel:
+    with open_operator_channel(target) as channel:
         try:
             resp = operator_pb2_grpc.OperatorStub(channel).ListBundles(
                 bundles_pb2.ListBundlesRequest(),
                 timeout=target.timeout_s,
-                metadata=_metadata(target),
+                metadata=operator_metadata(target),
             )
         except grpc.RpcError as exc:
             raise _error(exc) from exc
@@ -191,10 +149,12 @@ def list_remote(target: OperatorTarget) -> list[dict[str, Any]]:
 
 
 def rollback_remote(target: OperatorTarget, *, timeout_s: float = 3600.0) -> dict[str, Any]:
-    with open_channel(target) as channel:
+    with open_operator_channel(target) as channel:
         try:
             resp = operator_pb2_grpc.OperatorStub(channel).RollbackBundle(
-                bundles_pb2.RollbackBundleRequest(), timeout=timeout_s, metadata=_metadata(target)
+                bundles_pb2.RollbackBundleRequest(),
+                timeout=timeout_s,
+                metadata=operator_metadata(target),
             )
         except grpc.RpcError as exc:
             raise _error(exc) from exc
