@@ -185,8 +185,11 @@ def test_kill_9_loses_no_committed_record(tmp_path: Path) -> None:
             committed[int(seq)] = digest
         proc.send_signal(signal.SIGKILL)
         for line in proc.stdout:  # records printed before the kill landed
-            seq, digest = line.split()
-            committed[int(seq)] = digest
+            parts = line.split()
+            # The kill can cut the last line short: that record committed, but its printed
+            # hash is incomplete, so there is nothing to compare it with.
+            if len(parts) == 2 and len(parts[1]) == 64:
+                committed[int(parts[0])] = parts[1]
         proc.wait(timeout=30)
         log = AuditLog(path)
         result = log.verify()
