@@ -354,7 +354,10 @@ def build(args: argparse.Namespace) -> None:
         (onnx_dir / "bundle.json").write_text(json.dumps(facts, indent=2) + "\n")
         py = sys.version.split()[0]
         facts_md = dict(name=args.name, py=py, chars=chars, digest=digest, seed=args.seed)
-        facts_md.update(threads=args.threads, nparams=nparams, secs=secs, loss=loss, sample=sample)
+        training = f"trained in {secs:.0f} s; final loss {loss:.3f}"
+        if not size.steps:  # bench: only the per-token cost matters
+            training = "NOT trained: seeded random weights, output is noise"
+        facts_md.update(threads=args.threads, nparams=nparams, training=training, sample=sample)
         text = SOURCES.format(
             **facts_md, steps=size.steps, batch=size.batch, seq=size.seq, lr=size.lr
         )
@@ -392,7 +395,7 @@ https://docs.python.org/3/license.html. The model is a derivative of that text.
 
 - corpus: {chars} characters, sha256 `{digest}` (of the rendered training texts)
 - seed {seed}, {steps} steps of batch {batch} x {seq} tokens, lr {lr}, {threads} torch threads
-- {nparams} parameters; trained in {secs:.0f} s; final loss {loss:.3f}
+- {nparams} parameters; {training}
 - torch greedy sample for `What does json.dumps do?`: {sample!r}
 
 Tools: torch, transformers, tokenizers (BSD-3 / Apache-2.0), onnxruntime-genai's model
