@@ -83,9 +83,11 @@ FAST_CLOUD = dict(
 )
 
 
-def escalating_config(tmp: Path, base_url: str) -> AgentConfig:
+def escalating_config(
+    tmp: Path, base_url: str, fleet: ec.EllipticCurvePrivateKey | None = None
+) -> AgentConfig:
     """A box with a signed policy sending public data to the cloud and a sealed token."""
-    fleet = ec.generate_private_key(ec.SECP256R1())
+    fleet = fleet or ec.generate_private_key(ec.SECP256R1())
     pub = tmp / "fleet.pub.pem"
     pub.parent.mkdir(parents=True, exist_ok=True)
     pub.write_bytes(

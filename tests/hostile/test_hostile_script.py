@@ -1,0 +1,58 @@
+"""scripts/hostile.py: runs the suites, prints the table, records it, fails on any count."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from hostile_common import Tally
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "hostile.py"
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("hostile_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_run_prints_and_records_the_table(tmp_path: Path) -> None:
+    out = tmp_path / "RELIABILITY.md"
+    out.write_text(
+        "# Reliability\n\nProse stays.\n\n<!-- hostile:begin -->\nold\n<!-- hostile:end -->\n\nTail.\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--only", "fuzz,faults,powercut", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    for suite in ("fuzz inference", "fuzz raw", "client faults", "power cut: audit log"):
+        assert f"| {suite} |" in proc.stdout
+    text = out.read_text()
+    assert "Prose stays." in text and "Tail." in text and "old" not in text
+    assert "| **total** |" in text and "Run `smoke`" in text
+
+
+def test_any_count_fails_the_run_and_is_listed(tmp_path: Path) -> None:
+    script = _script()
+    good, bad = Tally("fine"), Tally("broken")
+    good.cases = bad.cases = 5
+    bad.fail("lost", "record 3 is gone")
+    out = tmp_path / "R.md"
+    script.write_section(out, "bounded", [good, bad], 1.0)
+    text = out.read_text()
+    assert "| broken | 5 | 0 | 0 | 0 | 0 | 1 |" in text
+    assert "record 3 is gone" in text
+    assert not bad.clean and good.clean
+    for kind in ("crashes", "wrong_status", "leaks", "hung", "lost"):
+        t = Tally(kind)
+        t.fail(kind, "x")
+        assert not t.clean
