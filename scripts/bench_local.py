@@ -116,7 +116,7 @@ class Daemon:
             f'[paths]\nstate_dir = "{tmp}/state"\nruntime_dir = "{tmp}/run"\n'
             f'[server]\nlisten = ["127.0.0.1:{self.port}"]\n'
             f'[engine]\nmodel_dir = "{model_dir}"\nlanes = {lanes}\nintra_op_threads = {threads}\n'
-            '[logging]\nlevel = "WARNING"\n[metrics]\nport = 0\n'
+            '[logging]\nlevel = "WARNING"\n[metrics]\nport = 0\n[discovery]\nenabled = false\n'
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edge_agent.cli", "serve", "--config", str(config)]
@@ -156,7 +156,9 @@ async def _stream(stub: Any, prompt: str, max_tokens: int) -> tuple[int, float]:
     first = 0.0
     tokens = 0
     async for r in stub.Chat(request, timeout=600):
-        if not first and r.delta:
+        # The first message carries the first token (its text may be empty, e.g. a space
+        # merged into the next piece).
+        if not first:
             first = time.perf_counter() - start
         if r.finish_reason:
             tokens = r.usage.completion_tokens
@@ -340,7 +342,10 @@ def main() -> int:
     models = args.model or [
         m for m in (ROOT / "models/demo", ROOT / ".cache/bench-model") if m.exists()
     ]
-    results = [bench_model(m, args.tokens, args.lanes) for m in models]
+    results = []
+    for m in models:
+        results.append(bench_model(m, args.tokens, args.lanes))
+        print(json.dumps(results[-1]), flush=True)
     section = render(results, args.tokens, args.lanes)
     print(section)
     if args.write:
