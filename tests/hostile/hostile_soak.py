@@ -66,11 +66,14 @@ class _Prober:
         self._thread = threading.Thread(target=self._pace, name="health-pacer", daemon=True)
         self._thread.start()
 
+    sent = 0
+
     def _pace(self) -> None:
         assert self.proc.stdin is not None
         while not self._stop.wait(0.1):
             self.proc.stdin.write("check\n")
             self.proc.stdin.flush()
+            self.sent += 1
 
     def results(self) -> list[tuple[float, bool]]:
         self._stop.set()
@@ -167,7 +170,6 @@ def run_soak(running: RunningAgent, tmp: Path, tally: Tally, seconds: float, see
     bundles = _Bundles(running, tmp)
     samples: list[tuple[float, int]] = []
     stop = threading.Event()
-    t0 = time.monotonic()
 
     def sample() -> None:
         while not stop.wait(0.5):
@@ -179,6 +181,9 @@ def run_soak(running: RunningAgent, tmp: Path, tally: Tally, seconds: float, see
     sampler = threading.Thread(target=sample, name="rss-sampler", daemon=True)
     load = threading.Thread(target=load_body, name="soak-load")
     prober = _Prober(running.target)
+    time.sleep(3.0)  # health of the idle daemon first, for the side-by-side figure
+    idle_checks = prober.sent
+    t0 = time.monotonic()
     sampler.start()
     load.start()
     time.sleep(max(0.0, t0 + warm_s / 2 - time.monotonic()))
@@ -195,7 +200,7 @@ def run_soak(running: RunningAgent, tmp: Path, tally: Tally, seconds: float, see
     if busy is not None:
         tally.fail("hung", f"the engine still holds requests after the soak: {busy}")
     _judge_memory(tally, samples, warm_s)
-    _judge_health(tally, health)
+    _judge_health(tally, health[idle_checks:], health[:idle_checks])
 
 
 def _judge_memory(tally: Tally, samples: list[tuple[float, int]], warm_s: float) -> None:
@@ -212,14 +217,22 @@ def _judge_memory(tally: Tally, samples: list[tuple[float, int]], warm_s: float)
         tally.fail("leaks", f"daemon RSS grew {growth:.1%} after the warm-up")
 
 
-def _judge_health(tally: Tally, health: list[tuple[float, bool]]) -> None:
-    times = sorted(ms for ms, _ in health)
+def _p(times: list[float], q: float) -> float:
+    ordered = sorted(times)
+    return round(ordered[min(len(ordered) - 1, int(len(ordered) * q))], 2)
+
+
+def _judge_health(
+    tally: Tally, health: list[tuple[float, bool]], idle: list[tuple[float, bool]]
+) -> None:
     failed = sum(1 for _, ok in health if not ok)
     if failed:
         tally.fail("wrong_status", f"{failed} of {len(health)} health checks not SERVING")
+    times = [ms for ms, _ in health]
     if times:
         tally.figures["health_checks"] = len(times)
-        tally.figures["health_p50_ms"] = round(times[len(times) // 2], 2)
-        tally.figures["health_p99_ms"] = round(
-            times[min(len(times) - 1, int(len(times) * 0.99))], 2
-        )
+        tally.figures["health_p50_ms"] = _p(times, 0.5)
+        tally.figures["health_p99_ms"] = _p(times, 0.99)
+    idle_times = [ms for ms, _ in idle]
+    if idle_times:
+        tally.figures["health_idle_p99_ms"] = _p(idle_times, 0.99)
