@@ -32,7 +32,7 @@ case "$cmd" in
     "$VENV/bin/mypy"
     for dir in tests/*/; do
       # tests/e2e imports the daemon harness and the router stand-in from their folders.
-      MYPYPATH=tests/daemon:tests/cloud "$VENV/bin/mypy" "$dir"
+      MYPYPATH=tests/daemon:tests/cloud:tests/bundles "$VENV/bin/mypy" "$dir"
     done
     exec "$VENV/bin/python" -m pytest "$@"
     ;;

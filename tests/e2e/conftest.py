@@ -6,6 +6,6 @@ import sys
 from pathlib import Path
 
 _TESTS = Path(__file__).resolve().parent.parent
-for folder in ("daemon", "cloud"):
+for folder in ("daemon", "cloud", "bundles"):
     if str(_TESTS / folder) not in sys.path:
         sys.path.insert(0, str(_TESTS / folder))
