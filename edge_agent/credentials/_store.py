@@ -107,6 +107,14 @@ class CredentialStore:
     def install(self, blob: bytes) -> EnvelopeInfo:
         """Check a pushed envelope opens on this box, then keep it (atomically) and use it."""
         opened = open_envelope(blob, self._identity, self._keyring, now=self._clock())
+        with self._lock:
+            current = self._current
+        # Anti-rollback: an older envelope (perhaps one with a wider scope that the fleet
+        # since narrowed) must not replace the one in force.
+        if current is not None and opened.info.issued_at < current.info.issued_at:
+            raise CredentialError(
+                "this envelope was issued before the one in force; seal a new one instead"
+            )
         atomic_write_bytes(self._config.envelope_path, blob, mode=0o600)
         with self._lock:
             self._current = opened

@@ -82,11 +82,6 @@ def test_a_signature_replayed_over_another_text_is_refused(
     assert current is not None and 'internal = "local"' in current.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (edge_agent/credentials, owned elsewhere): an older, still valid "
-    "envelope replaces a newer one; see docs/RELIABILITY.md",
-)
 def test_an_older_envelope_does_not_replace_a_newer_one(
     box: RunningAgent, operator: operator_pb2_grpc.OperatorStub
 ) -> None:
