@@ -56,3 +56,18 @@ def test_any_count_fails_the_run_and_is_listed(tmp_path: Path) -> None:
         t = Tally(kind)
         t.fail(kind, "x")
         assert not t.clean
+
+
+def test_benchmark_section_is_ours_alone_and_replaced(tmp_path: Path) -> None:
+    script = _script()
+    bench = tmp_path / "BENCHMARKS.md"
+    bench.write_text("# Benchmarks\n\n## Pressure\n\nkeep me\n\n## cloud\n\nme too\n")
+    soak = Tally("soak (64 clients)")
+    soak.figures.update(health_idle_p99_ms=2.0, health_p50_ms=1.5, health_p99_ms=5.0)
+    script.write_benchmark(bench, "bounded", soak)
+    soak.figures["health_p99_ms"] = 7.0
+    script.write_benchmark(bench, "bounded", soak)
+    text = bench.read_text()
+    assert "keep me" in text and "me too" in text
+    assert text.count("## Hostile: health under soak") == 1
+    assert "| health, 64-client soak | 1.5 | 7.0 | 3.50× | 0.35× |" in text
