@@ -1,4 +1,4 @@
-"""Atomic, permission-correct writes for keys and certificates."""
+"""Atomic, permission-correct writes for keys and certificates, and their shared bits."""
 
 from __future__ import annotations
 
@@ -6,7 +6,22 @@ import contextlib
 import os
 from pathlib import Path
 
-__all__ = ["write_atomic"]
+from cryptography import x509
+
+__all__ = ["LEAF_KEY_USAGE", "write_atomic"]
+
+# Device (server) and client certificates sign handshakes and nothing else.
+LEAF_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
 
 
 def write_atomic(path: Path, data: bytes, mode: int) -> None:

@@ -12,8 +12,16 @@ from daemon_harness import make_config, start_agent, stop_agent
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.client import ChatOptions, Client
-from edge_agent.discovery import DiscoveryConfig, discover
+from edge_agent.discovery import BoxBrowser, DiscoveredBox, DiscoveryConfig, discover
 from edge_agent.sdnotify import SystemdNotifier
+
+
+async def _find(prefix: str) -> DiscoveredBox:
+    async with BoxBrowser(interfaces=["127.0.0.1"]) as browser:
+        boxes = await browser.wait_for(
+            lambda bs: any(b.name.startswith(prefix) for b in bs), timeout_s=15
+        )
+    return next(b for b in boxes if b.name.startswith(prefix))
 
 
 def _received(sock: socket.socket) -> list[str]:
@@ -44,10 +52,7 @@ def test_notify_sequence_mdns_and_metrics(tmp_path: Path) -> None:
         assert "STATUS=loading" in "\n".join(before_ready[:ready_at])
         assert "engine ready" in before_ready[ready_at]
 
-        boxes = asyncio.run(discover(2.0, interfaces=["127.0.0.1"]))
-        ours = [b for b in boxes if b.name.startswith("e2e-box")]
-        assert ours, [b.name for b in boxes]
-        box = ours[0]
+        box = asyncio.run(_find("e2e-box"))
         assert box.port == running.agent.ports[0]
         assert box.announcement.model == running.agent.engine.model.name
         assert box.announcement.execution_provider == "cpu"
@@ -76,6 +81,6 @@ def test_notify_sequence_mdns_and_metrics(tmp_path: Path) -> None:
         stop_agent(running, thread)
     after = _received(systemd)
     assert any(m.startswith("STOPPING=1") for m in after), after
-    gone = asyncio.run(discover(1.5, interfaces=["127.0.0.1"]))
+    gone = asyncio.run(discover(2.0, interfaces=["127.0.0.1"]))
     assert not [b for b in gone if b.name.startswith("e2e-box")]
     systemd.close()
