@@ -51,7 +51,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 class RawEngine:
-    def __init__(self, model_dir: Path, threads: int = 0) -> None:
+    def __init__(self, model_dir: Path, threads: int = 0, max_batch: int = 16) -> None:
         import onnxruntime_genai as og
 
         from edge_agent.engine._providers import session_overlay
@@ -59,7 +59,7 @@ class RawEngine:
         self.og = og
         config = og.Config(str(model_dir))
         config.clear_providers()
-        config.overlay(json.dumps(session_overlay(threads, 16)))
+        config.overlay(json.dumps(session_overlay(threads, max_batch)))
         self.model = og.Model(config)
         self.tokenizer = og.Tokenizer(self.model)
         self.engine = og.Engine(self.model)
@@ -247,6 +247,15 @@ def bench_model(model_dir: Path, tokens: int, lanes: int) -> dict[str, Any]:
     res["raw_ttft_ms"] = statistics.median(raw_ttfts) * 1000
     res["raw_rss_mb"] = psutil.Process().memory_info().rss / 1e6
     del raw
+    # Session options that move decode speed (raw engine, same prompts).
+    for threads in (1, 2):
+        eng = RawEngine(model_dir, threads=threads)
+        eng.run(PROMPTS[:1], 4)
+        res[f"raw_1_threads{threads}"], _, _ = eng.run(PROMPTS[:1], tokens)
+        del eng
+    eng = RawEngine(model_dir, max_batch=4)
+    res["raw_16_batch4"], _, _ = eng.run(PROMPTS, tokens)
+    del eng
     with tempfile.TemporaryDirectory() as tmp:
         daemon = Daemon(model_dir, Path(tmp), lanes, 0)
         try:
@@ -313,6 +322,9 @@ def render(results: list[dict[str, Any]], tokens: int, lanes: int) -> str:
     row("engine worker RSS (MB)", "", "{:.0f}", lambda r: r["worker_rss_mb"])
     row("memory bandwidth (GB/s, numpy copy)", "", "{:.1f}", lambda r: r["bandwidth_gbs"])
     row("1-stream decode ÷ bandwidth limit", "", "{:.2f}", lambda r: r["bw_fraction"])
+    row("raw 1 stream, intra_op_threads=1 (tok/s)", "", "{:.1f}", lambda r: r["raw_1_threads1"])
+    row("raw 1 stream, intra_op_threads=2 (tok/s)", "", "{:.1f}", lambda r: r["raw_1_threads2"])
+    row("raw 16 requests, max_batch_size=4 (tok/s)", "", "{:.1f}", lambda r: r["raw_16_batch4"])
     return "\n".join(lines) + "\n"
 
 
