@@ -25,7 +25,7 @@ def test_soak_bounded(daemon: RunningAgent, tmp_path: Path) -> None:
     tally = _soak(daemon, tmp_path, 30)
     # Functional outcomes only: latency figures are reported by scripts/hostile.py.
     assert tally.clean, (tally.summary(), tally.figures)
-    assert tally.figures["bundles_activated"] == ["1.1.0", "1.2.0"]
+    assert tally.figures["bundles_activated"] == ["1.1.0", "1.2.0", "1.3.0"]
     assert tally.figures["codes"].get("OK", 0) > 100, tally.figures
     assert tally.figures["rss_growth_pct"] < 5.0
 
