@@ -325,6 +325,19 @@ def render(results: list[dict[str, Any]], tokens: int, lanes: int) -> str:
     row("raw 1 stream, intra_op_threads=1 (tok/s)", "", "{:.1f}", lambda r: r["raw_1_threads1"])
     row("raw 1 stream, intra_op_threads=2 (tok/s)", "", "{:.1f}", lambda r: r["raw_1_threads2"])
     row("raw 16 requests, max_batch_size=4 (tok/s)", "", "{:.1f}", lambda r: r["raw_16_batch4"])
+    lines += [
+        "",
+        "How to read it. The daemon and the raw engine run one after the other on the same box, "
+        "so other load on a shared machine moves the ratios between runs (seen here: 16-stream "
+        "ratio 0.62–0.98 on the bench model across runs on a 2-core VM shared with test "
+        "suites; a quiet single-stream rerun gave 1.01–1.04). The demo model decodes a token in "
+        "~0.5 ms, so the daemon's own cost per token (~0.38 ms of CPU: gRPC write, the pipe "
+        "from the worker, the stream generators) shows as a ratio near 0.5; on the bench model "
+        "(~20 ms/token) it is a few percent, and on Mistral Small 3 (hundreds of ms per token on "
+        "CPU) it vanishes. Added time to first token is ~1 ms for the worker hand-off plus ~2 ms "
+        "for gRPC and the Python client on loopback: the 3 ms target is met only on a quiet "
+        "box. On this VM one intra-op thread decodes a single stream faster than two.",
+    ]
     return "\n".join(lines) + "\n"
 
 
