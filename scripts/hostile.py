@@ -171,10 +171,35 @@ def table(tallies: list[Any]) -> str:
     return "\n".join(rows)
 
 
+def _kept_rows(block: str, ran: set[str]) -> list[str]:
+    """Rows of the previous table for suites this run did not run (``--only``)."""
+    kept = []
+    for line in block.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 8 and cells[1].isdigit() and cells[0] not in ran | {"**total**"}:
+            kept.append(line if "(earlier run)" in line else line.replace(
+                f"| {cells[0]} |", f"| {cells[0]} (earlier run) |", 1))  # fmt: skip
+    return kept
+
+
+def _total(rows: list[str]) -> str:
+    sums = [0] * len(COLUMNS)
+    for line in rows:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        for i in range(len(COLUMNS)):
+            sums[i] += int(cells[i + 1])
+    return "| **total** | " + " | ".join(map(str, sums)) + " | |"
+
+
 def write_section(path: Path, scale_name: str, tallies: list[Any], seconds: float) -> None:
-    """Replace the figures block between the markers (the prose around it stays)."""
+    """Replace the figures block between the markers (the prose around it stays); rows of
+    suites this run did not run stay, marked as from an earlier run."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     notes = [f"- {t.suite}: {n}" for t in tallies for n in t.notes]
+    old = path.read_text() if path.exists() else ""
+    previous = old[old.index(BEGIN) : old.index(END)] if BEGIN in old and END in old else ""
+    lines = table(tallies).splitlines()
+    rows = lines[2:-1] + _kept_rows(previous, {t.suite for t in tallies})
     block = "\n".join(
         [
             BEGIN,
@@ -183,7 +208,9 @@ def write_section(path: Path, scale_name: str, tallies: list[Any], seconds: floa
             "(`python scripts/hostile.py" + ("" if scale_name == "bounded" else f" --{scale_name}")
             + "`).",
             "",
-            table(tallies),
+            *lines[:2],
+            *rows,
+            _total(rows),
             "",
             *(["Failures:", "", *notes, ""] if notes else []),
             END,

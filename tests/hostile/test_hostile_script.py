@@ -71,3 +71,20 @@ def test_benchmark_section_is_ours_alone_and_replaced(tmp_path: Path) -> None:
     assert "keep me" in text and "me too" in text
     assert text.count("## Hostile: health under soak") == 1
     assert "| health, 64-client soak | 1.5 | 7.0 | 3.50× | 0.35× |" in text
+
+
+def test_a_partial_run_keeps_the_other_rows(tmp_path: Path) -> None:
+    script = _script()
+    out = tmp_path / "R.md"
+    first, second = Tally("fuzz raw"), Tally("soak (64 clients)")
+    first.cases, second.cases = 7, 3
+    script.write_section(out, "full", [first, second], 1.0)
+    again = Tally("soak (64 clients)")
+    again.cases = 4
+    again.fail("hung", "slow")
+    script.write_section(out, "full", [again], 1.0)
+    text = out.read_text()
+    assert "| fuzz raw (earlier run) | 7 | 0 | 0 | 0 | 0 | 0 |" in text
+    assert "| soak (64 clients) | 4 | 0 | 0 | 0 | 1 | 0 |" in text
+    assert "| **total** | 11 | 0 | 0 | 0 | 1 | 0 | |" in text
+    assert text.count("soak (64 clients)") == 2  # the row and its failure note
