@@ -7,6 +7,7 @@ usage, timing and provenance to the final chunk.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -128,20 +129,22 @@ class InferenceService:
         request = self._to_generation(spec, continue_from)
         t0 = time.perf_counter()
         outcome, usage, t_first = "error", None, None
+        # Without an admission controller (tools, tests) the request runs at once.
+        gate: contextlib.AbstractAsyncContextManager[object] = (
+            self._admission.admit(
+                cost_bytes=self.estimate_cost_bytes(spec),
+                priority=spec.priority,
+                deadline=call.deadline,
+            )
+            if self._admission is not None
+            else contextlib.nullcontext()
+        )
         try:
-            if self._admission is None:
-                async for chunk in self._generate(request, t0, t0, reason):
+            async with gate:
+                t_admitted = time.perf_counter()
+                async for chunk in self._generate(request, t0, t_admitted, reason):
                     yield chunk
                     usage, t_first = self._observe(chunk, usage, t_first)
-            else:
-                cost = self.estimate_cost_bytes(spec)
-                async with self._admission.admit(
-                    cost_bytes=cost, priority=spec.priority, deadline=call.deadline
-                ):
-                    t_admitted = time.perf_counter()
-                    async for chunk in self._generate(request, t0, t_admitted, reason):
-                        yield chunk
-                        usage, t_first = self._observe(chunk, usage, t_first)
             outcome = "ok"
         except EdgeAgentError as exc:
             outcome = exc.code.name.lower()
