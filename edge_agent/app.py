@@ -14,8 +14,9 @@ import dataclasses
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
+from typing import Any
 
 from grpc_health.v1 import health_pb2
 
@@ -160,7 +161,14 @@ class Agent:
         self._started_at = time.monotonic()
         self._stopping = False
         self._stop_requested = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
         self._restarts_seen = 0
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a side task; the loop keeps only weak references, so we hold one until done."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     @property
     def ports(self) -> list[int]:
@@ -190,7 +198,7 @@ class Agent:
     def _apply_air_gap(self) -> None:
         """Follow the effective policy's air gap: no outbound socket while it is set."""
         air_gapped = self.router.effective_policy().air_gapped
-        asyncio.get_running_loop().create_task(self.cloud.set_air_gapped(air_gapped))
+        self._spawn(self.cloud.set_air_gapped(air_gapped))
 
     def _on_connectivity(self, snapshot: ConnectivitySnapshot) -> None:
         self.metrics.set_connectivity(str(snapshot.state.value))
@@ -250,7 +258,7 @@ class Agent:
         current = adv.announcement
         if all(getattr(current, k) == v for k, v in changes.items()):
             return
-        asyncio.get_running_loop().create_task(adv.update(**changes))
+        self._spawn(adv.update(**changes))
 
     def _on_engine_state(self, state: str) -> None:
         if self._built is None or self._stopping:
@@ -267,7 +275,7 @@ class Agent:
                 execution_provider=info.execution_provider,
             )
         self.notifier.status(self.status_line())
-        asyncio.get_running_loop().create_task(self._set_health(state == "ready"))
+        self._spawn(self._set_health(state == "ready"))
 
     async def _set_health(self, serving: bool) -> None:
         if self._built is None or self._stopping:
@@ -464,9 +472,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(
-            signal.SIGHUP, lambda: loop.create_task(self.reload(), name="reload")
-        )
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
         try:
             await self.serve()
         finally:

@@ -101,6 +101,7 @@ class EngineSupervisor:
         self._stats: dict[str, Any] = {}
         self._last_pong = 0.0
         self._stopping = False
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- properties -----------------------------------------------------------------------
 
@@ -277,7 +278,10 @@ class EngineSupervisor:
                 else:
                     s.queue.put_nowait(Finished(reason, prompt_tokens, completion_tokens))
             if handle.retiring and not handle.streams:
-                asyncio.get_running_loop().create_task(handle.stop(_STOP_TIMEOUT_S))
+                # Held until done: the loop keeps only weak references to tasks.
+                task = asyncio.get_running_loop().create_task(handle.stop(_STOP_TIMEOUT_S))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         elif kind == "pong":
             fut = self._pongs.pop(int(message[1]), None)
             if handle is self._active:
