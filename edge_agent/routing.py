@@ -49,6 +49,7 @@ from edge_agent.metrics import Metrics
 from edge_agent.pressure import AdmissionController, PressureMonitor
 from edge_agent.router import (
     BudgetLedger,
+    BudgetView,
     Decision,
     EffectivePolicy,
     LocalPolicyOverrides,
@@ -180,9 +181,13 @@ class ChatRouter:
             local_queue_wait_s=stats.queued * _QUEUE_SECONDS_PER_WAITER,
             model=spec.model or None,
         )
-        budget = self._ledger.view(
-            now, call.client_id, info.envelope_id if info else "", self._live_prices(policy)
-        )
+
+        def budget() -> BudgetView:
+            # Read only when the cloud is still a candidate (a SQLite read per request).
+            return self._ledger.view(
+                now, call.client_id, info.envelope_id if info else "", self._live_prices(policy)
+            )
+
         pressure = PressureView(
             level=level,  # type: ignore[arg-type]
             local_admissible=level != "critical" and (room is None or cost <= room),

@@ -117,6 +117,9 @@ class Daemon:
             f'[server]\nlisten = ["127.0.0.1:{self.port}"]\n'
             f'[engine]\nmodel_dir = "{model_dir}"\nlanes = {lanes}\nintra_op_threads = {threads}\n'
             '[logging]\nlevel = "WARNING"\n[metrics]\nport = 0\n[discovery]\nenabled = false\n'
+            # Measures the serving path, not the per-client limiter (its default would
+            # throttle the back-to-back TTFT probes).
+            "[auth.rate_limits.client]\nrequests_per_s = 0\n"
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edge_agent.cli", "serve", "--config", str(config)]

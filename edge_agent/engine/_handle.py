@@ -1,8 +1,9 @@
 """One engine worker process as seen from the daemon: start, talk, stop, kill.
 
-A reader thread blocks on the pipe and hands each message to the event loop; a writer
-thread drains an outgoing queue, so a worker busy in a long step never blocks the loop on a
-full pipe. Both threads release the GIL while they wait.
+The daemon's end of the socket is non-blocking and served by the event loop itself: frames
+are read when the loop sees the socket readable, and written at once, with only what the
+kernel buffer cannot take kept for when the socket drains. A worker busy in a long step
+therefore never blocks the loop, and no thread hand-off sits on the path of a token.
 """
 
 from __future__ import annotations
@@ -10,28 +11,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from typing import Any
 
-from edge_agent.engine._protocol import ProtocolError, decode, encode
+from edge_agent.engine._protocol import FrameReader, ProtocolError, frame
 from edge_agent.engine._types import EngineInfo
 
 __all__ = ["WorkerHandle"]
 
 _log = logging.getLogger(__name__)
+_READ_SIZE = 256 * 1024
 
 OnMessage = Callable[["WorkerHandle", tuple[Any, ...]], None]
 OnExit = Callable[["WorkerHandle"], None]
 
 
 class WorkerHandle:
-    """A running (or starting) worker process and its two pipe threads."""
+    """A running (or starting) worker process and the loop's end of its socket."""
 
     def __init__(
         self,
@@ -44,12 +43,15 @@ class WorkerHandle:
         self._loop = loop
         self._on_message = on_message
         self._on_exit = on_exit
-        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.info: EngineInfo | None = None
         self.ready: asyncio.Future[EngineInfo] = loop.create_future()
         self.exited = asyncio.Event()
         self.retiring = False  # stopped on purpose: its exit is not a crash
         self.streams: set[int] = set()
+        self._frames = FrameReader()
+        self._unsent = bytearray()
+        self._closed = False
+        self._reaper: asyncio.Task[None] | None = None
         # A fresh interpreter (not fork: the daemon has threads and an event loop; not
         # multiprocessing's spawn: it would re-import the caller's __main__).
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -59,47 +61,83 @@ class WorkerHandle:
             stdin=subprocess.DEVNULL,
         )
         theirs.close()
-        self._conn = Connection(ours.detach())
+        ours.setblocking(False)
+        self._sock = ours
+        loop.add_reader(ours.fileno(), self._on_readable)
         self.send(("spec", spec))
-        self._reader = threading.Thread(target=self._read, name="engine-reader", daemon=True)
-        self._writer = threading.Thread(target=self._write, name="engine-writer", daemon=True)
-        self._reader.start()
-        self._writer.start()
 
     @property
     def pid(self) -> int | None:
         return self.process.pid
 
     def send(self, message: tuple[Any, ...]) -> None:
-        self._outbox.put(encode(message))
+        if self._closed:
+            return  # the exit is being reported; the caller's stream fails with it
+        data = frame(message)
+        if not self._unsent:
+            try:
+                sent = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._close()
+                return
+            if sent == len(data):
+                return
+            data = data[sent:]
+            self._loop.add_writer(self._sock.fileno(), self._on_writable)
+        self._unsent += data
 
-    def _read(self) -> None:
+    def _on_writable(self) -> None:
         try:
-            while True:
-                message = decode(self._conn.recv_bytes())
-                self._loop.call_soon_threadsafe(self._dispatch, message)
-        except (EOFError, OSError):
-            pass
+            sent = self._sock.send(self._unsent)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close()
+            return
+        del self._unsent[:sent]
+        if not self._unsent:
+            self._loop.remove_writer(self._sock.fileno())
+
+    def _on_readable(self) -> None:
+        try:
+            data = self._sock.recv(_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close()
+            return
+        try:
+            messages = self._frames.feed(data)
         except ProtocolError:
             _log.error("engine worker sent a malformed message; stopping it")
-            with contextlib.suppress(Exception):
-                self.process.kill()
-        finally:
-            # Reap the process off the loop, then report the exit on the loop.
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=5)
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._exited)
+            self.kill()
+            self._close()
+            return
+        for message in messages:
+            self._dispatch(message)
 
-    def _write(self) -> None:
-        while True:
-            item = self._outbox.get()
-            if item is None:
-                return
-            try:
-                self._conn.send_bytes(item)
-            except (OSError, ValueError):
-                return
+    def _close(self) -> None:
+        """The conversation is over: stop watching the socket and reap the process."""
+        if self._closed:
+            return
+        self._closed = True
+        fd = self._sock.fileno()
+        self._loop.remove_reader(fd)
+        if self._unsent:
+            self._loop.remove_writer(fd)
+            self._unsent.clear()
+        self._sock.close()
+        self._reaper = self._loop.create_task(self._reap(), name="engine-reap")
+
+    async def _reap(self) -> None:
+        # The process may take a moment to exit after closing its end; wait off the loop.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(self.process.wait, 5)
+        self._exited()
 
     def _dispatch(self, message: tuple[Any, ...]) -> None:
         if message[0] == "ready" and not self.ready.done():
@@ -116,7 +154,6 @@ class WorkerHandle:
             self.ready.set_exception(
                 RuntimeError(f"engine worker exited with code {self.process.returncode}")
             )
-        self._outbox.put(None)
         self.exited.set()
         self._on_exit(self)
 
@@ -130,8 +167,6 @@ class WorkerHandle:
             except TimeoutError:
                 self.kill()
                 await self.exited.wait()
-        with contextlib.suppress(OSError):
-            self._conn.close()
 
     def kill(self) -> None:
         with contextlib.suppress(Exception):

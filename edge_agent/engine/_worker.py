@@ -21,16 +21,16 @@ import json
 import logging
 import os
 import signal
+import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge_agent.engine._protocol import decode, encode
+from edge_agent.engine._protocol import BlockingChannel
 from edge_agent.engine._providers import ModelLoadError, load_model
 from edge_agent.engine._stops import StopFilter
 
@@ -203,7 +203,7 @@ class _GeneratorLane:
 
 
 class _Worker:
-    def __init__(self, conn: Connection, spec: dict[str, Any]) -> None:
+    def __init__(self, conn: BlockingChannel, spec: dict[str, Any]) -> None:
         import onnxruntime_genai as og
 
         self.og = og
@@ -265,7 +265,7 @@ class _Worker:
         elif kind == "cancel":
             self.cancel(int(message[1]))
         elif kind == "ping":
-            self.conn.send_bytes(encode(("pong", message[1], self.stats())))
+            self.conn.send(("pong", message[1], self.stats()))
         elif kind == "shutdown":
             self.running = False
 
@@ -385,7 +385,7 @@ class _Worker:
             # Block only when there is nothing to step; otherwise take what has arrived.
             if self.conn.poll(None if idle else 0):
                 while True:
-                    self.handle(decode(self.conn.recv_bytes()), out)
+                    self.handle(self.conn.recv(), out)
                     if not self.running or not self.conn.poll(0):
                         break
             if not self.running:
@@ -400,16 +400,16 @@ class _Worker:
                     self.where.pop(job_rid, None)
                 self.generators = [g for g in self.generators if not g.done]
             if out:
-                self.conn.send_bytes(encode(("step", out.started, out.deltas, out.done)))
+                self.conn.send(("step", out.started, out.deltas, out.done))
 
 
-def worker_main(conn: Connection) -> None:
+def worker_main(conn: BlockingChannel) -> None:
     """Serve the daemon over ``conn``; the first message is ("spec", settings)."""
     # The daemon handles Ctrl-C and SIGTERM and shuts the worker down over the pipe.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    first = decode(conn.recv_bytes())
+    first = conn.recv()
     if first[0] != "spec":
         return
     spec: dict[str, Any] = first[1]
@@ -418,12 +418,12 @@ def worker_main(conn: Connection) -> None:
     try:
         worker = _Worker(conn, spec)
     except ModelLoadError as exc:
-        conn.send_bytes(encode(("load_failed", str(exc))))
+        conn.send(("load_failed", str(exc)))
         return
     except Exception as exc:
-        conn.send_bytes(encode(("load_failed", f"{type(exc).__name__}: {str(exc)[:300]}")))
+        conn.send(("load_failed", f"{type(exc).__name__}: {str(exc)[:300]}"))
         return
-    conn.send_bytes(encode(("ready", worker.info())))
+    conn.send(("ready", worker.info()))
     # EOF or a broken pipe: the daemon went away and nothing is left to serve.
     with contextlib.suppress(EOFError, BrokenPipeError, ConnectionResetError):
         worker.run()
@@ -432,4 +432,4 @@ def worker_main(conn: Connection) -> None:
 if __name__ == "__main__":
     import sys
 
-    worker_main(Connection(int(sys.argv[1])))
+    worker_main(BlockingChannel(socket.socket(fileno=int(sys.argv[1]))))

@@ -11,7 +11,7 @@ Reasons are machine-readable: ``local.default``, ``cloud.<need>``,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -161,10 +161,14 @@ def decide(
     pressure: PressureView,
     connectivity: str,
     policy: EffectivePolicy,
-    budget: BudgetView,
+    budget: BudgetView | Callable[[], BudgetView],
     now: datetime,
 ) -> Decision:
-    """Where ``request`` runs. Pure: same inputs, same decision; no I/O, no clock."""
+    """Where ``request`` runs. Pure: same inputs, same decision; no I/O, no clock.
+
+    ``budget`` may be a function that reads the view: it is called only when the cloud is
+    still a candidate, so the common local answer never pays for the ledger read.
+    """
     data_class = resolve_data_class(request.data_class, policy)
     need = _need(request, pressure)
     if need is None:
@@ -202,6 +206,8 @@ def decide(
         elif connectivity != "online":
             blocker = "offline"
         if blocker is None and model is not None:
+            if callable(budget):
+                budget = budget()
             usd = worst_case_price(model, policy, budget).cost(
                 max(request.prompt_tokens, 0), max(request.max_tokens, 0)
             )
