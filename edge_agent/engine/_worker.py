@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import json
 import logging
 import os
@@ -423,6 +424,9 @@ def worker_main(conn: BlockingChannel) -> None:
     except Exception as exc:
         conn.send(("load_failed", f"{type(exc).__name__}: {str(exc)[:300]}"))
         return
+    # Nothing loaded so far dies: keep full collections from walking it between steps.
+    gc.collect()
+    gc.freeze()
     conn.send(("ready", worker.info()))
     # EOF or a broken pipe: the daemon went away and nothing is left to serve.
     with contextlib.suppress(EOFError, BrokenPipeError, ConnectionResetError):
