@@ -34,6 +34,7 @@ from edge_agent.discovery import Advertiser, BoxAnnouncement
 from edge_agent.engine import EngineSupervisor, identity_from_dir
 from edge_agent.errors import ConfigError, EdgeAgentError, Unavailable
 from edge_agent.inference import InferenceService
+from edge_agent.logsetup import handle_loop_exception
 from edge_agent.metrics import Metrics, MetricsServer
 from edge_agent.pressure import AdmissionController, PressureMonitor, PressureSnapshot
 from edge_agent.router import BudgetLedger, PolicyDocument, PolicyStore
@@ -360,6 +361,7 @@ class Agent:
                 _log.error("stored %s refused: %s", name, exc.message)
 
     async def start(self) -> None:
+        asyncio.get_running_loop().set_exception_handler(handle_loop_exception)
         self._built = self._build()
         await self._set_health(False)
         await self.pressure.start()

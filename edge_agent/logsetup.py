@@ -2,13 +2,46 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
+from typing import Any
 
 from edge_agent.config import LoggingConfig
 
-__all__ = ["setup_logging"]
+__all__ = ["handle_loop_exception", "setup_logging"]
+
+_log = logging.getLogger(__name__)
+_GRPC_CORE_LOGGER = "grpc._cython.cygrpc"
+
+
+def _is_client_gone_write(exc: BaseException | None) -> bool:
+    # grpcio's ExecuteBatchError: a batch (here, sending a response) failed in core because
+    # the call had ended, i.e. the client cancelled or dropped while we wrote (grpc#31570).
+    kind = type(exc)
+    return kind.__name__ == "ExecuteBatchError" and kind.__module__.startswith("grpc")
+
+
+class _DemoteClientGoneWrites(logging.Filter):
+    """grpcio logs such a write at ERROR with a traceback although the call is already over
+    for the client and the server carries on; at ERROR it would page an operator for nothing.
+    Demoted to DEBUG, where it still shows when someone looks for it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and str(record.msg).startswith("ExecuteBatchError"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
+def handle_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The daemon loop's exception handler: the same client-gone writes, surfacing as
+    "Task exception was never retrieved", go to DEBUG; everything else as asyncio reports it."""
+    if _is_client_gone_write(context.get("exception")):
+        _log.debug("a response write failed after the client left: %s", context.get("message"))
+        return
+    loop.default_exception_handler(context)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -34,3 +67,7 @@ def setup_logging(config: LoggingConfig) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(config.level)
+    core = logging.getLogger(_GRPC_CORE_LOGGER)
+    for old in [f for f in core.filters if isinstance(f, _DemoteClientGoneWrites)]:
+        core.removeFilter(old)
+    core.addFilter(_DemoteClientGoneWrites())
