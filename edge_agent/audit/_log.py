@@ -17,8 +17,8 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, astuple, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -26,6 +26,7 @@ from typing import IO, Any
 __all__ = ["GENESIS_HASH", "AuditEntry", "AuditLog", "AuditRecord", "VerifyResult", "record_hash"]
 
 GENESIS_HASH = "0" * 64
+_MAX_GROUP = 256  # records per group commit
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -117,6 +118,8 @@ class AuditLog:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._include_prompts = include_prompts
         self._lock = threading.Lock()
+        self._queued: list[tuple[AuditEntry, asyncio.Future[AuditRecord]]] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -129,7 +132,11 @@ class AuditLog:
 
     def append(self, entry: AuditEntry) -> AuditRecord:
         """Append one record durably; returns it with its seq and hash. Blocks for an fsync."""
-        when = (entry.time or datetime.now(UTC)).astimezone(UTC)
+        return self.append_many([entry])[0]
+
+    def append_many(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+        """Append records in one transaction (one fsync), chained in the order given."""
+        records: list[AuditRecord] = []
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")  # serialises appenders across processes
             try:
@@ -137,37 +144,71 @@ class AuditLog:
                     "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1"
                 ).fetchone()
                 seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS_HASH)
-                fields: dict[str, Any] = {
-                    "seq": seq,
-                    "time": when.isoformat(timespec="microseconds"),
-                    "request_id": entry.request_id,
-                    "client_id": entry.client_id,
-                    "data_class": entry.data_class,
-                    "destination": entry.destination,
-                    "reason": entry.reason,
-                    "tokens_in": int(entry.tokens_in),
-                    "tokens_out": int(entry.tokens_out),
-                    "cost_usd": float(entry.cost_usd),
-                    "model": entry.model,
-                    "provider": entry.provider,
-                    "prompt": entry.prompt if self._include_prompts else None,
-                    "prev_hash": prev,
-                }
-                fields["hash"] = record_hash(fields)
-                record = AuditRecord(**fields)
-                self._db.execute(
-                    f"INSERT INTO records ({_COLUMNS}) VALUES ({', '.join('?' * 15)})",  # noqa: S608
-                    tuple(fields.values()),
-                )
+                for entry in entries:
+                    record = self._record(entry, seq, prev)
+                    self._db.execute(
+                        f"INSERT INTO records ({_COLUMNS}) VALUES ({', '.join('?' * 15)})",  # noqa: S608
+                        astuple(record),
+                    )
+                    records.append(record)
+                    seq, prev = seq + 1, record.hash
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
-        return record
+        return records
+
+    def _record(self, entry: AuditEntry, seq: int, prev: str) -> AuditRecord:
+        when = (entry.time or datetime.now(UTC)).astimezone(UTC)
+        fields: dict[str, Any] = {
+            "seq": seq,
+            "time": when.isoformat(timespec="microseconds"),
+            "request_id": entry.request_id,
+            "client_id": entry.client_id,
+            "data_class": entry.data_class,
+            "destination": entry.destination,
+            "reason": entry.reason,
+            "tokens_in": int(entry.tokens_in),
+            "tokens_out": int(entry.tokens_out),
+            "cost_usd": float(entry.cost_usd),
+            "model": entry.model,
+            "provider": entry.provider,
+            "prompt": entry.prompt if self._include_prompts else None,
+            "prev_hash": prev,
+        }
+        fields["hash"] = record_hash(fields)
+        return AuditRecord(**fields)
 
     async def append_async(self, entry: AuditEntry) -> AuditRecord:
-        """:meth:`append` off the event loop (the commit waits for the disk)."""
-        return await asyncio.to_thread(self.append, entry)
+        """:meth:`append` off the event loop, with group commit.
+
+        Records that arrive while a commit waits for the disk go together in the next one:
+        under load one fsync (and one worker thread) serves many requests, instead of an
+        fsync per request wearing the flash and filling the loop's thread pool. Returns once
+        the record is durable, as :meth:`append` does.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[AuditRecord] = loop.create_future()
+        self._queued.append((entry, done))
+        flusher = self._flusher
+        if flusher is None or flusher.done() or flusher.get_loop() is not loop:
+            self._flusher = loop.create_task(self._flush(), name="audit-group-commit")
+        return await done
+
+    async def _flush(self) -> None:
+        while self._queued:
+            batch = self._queued[:_MAX_GROUP]
+            del self._queued[:_MAX_GROUP]
+            try:
+                records = await asyncio.to_thread(self.append_many, [e for e, _ in batch])
+            except Exception as exc:  # each waiter reports it; the next batch still runs
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for (_, done), record in zip(batch, records, strict=True):
+                if not done.done():  # a waiter that gave up still has its record written
+                    done.set_result(record)
 
     def _rows(self, query: str, args: tuple[Any, ...]) -> Iterator[AuditRecord]:
         with self._lock:

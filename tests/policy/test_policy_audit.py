@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from edge_agent.audit import (
     AuditConfig,
     AuditEntry,
     AuditLog,
+    AuditRecord,
     add_audit_commands,
     parse_audit_config,
     record_hash,
@@ -259,3 +261,43 @@ async def test_append_async_keeps_order(tmp_path: Path) -> None:
     assert result.ok
     assert result.records == 30
     log.close()
+
+
+async def test_concurrent_appends_share_commits_and_each_gets_its_record(tmp_path: Path) -> None:
+    import asyncio
+
+    class CountingLog(AuditLog):
+        commits = 0
+
+        def append_many(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+            CountingLog.commits += 1
+            return super().append_many(entries)
+
+    log = CountingLog(tmp_path / "a.sqlite3")
+    entries = [_entry(i) for i in range(1, 301)]
+    records = await asyncio.gather(*(log.append_async(e) for e in entries))
+    # 300 requests finishing together cost a handful of fsyncs, not 300.
+    assert CountingLog.commits <= 3
+    assert [r.request_id for r in records] == [e.request_id for e in entries]
+    assert sorted(r.seq for r in records) == list(range(1, 301))
+    assert log.records() == sorted(records, key=lambda r: r.seq)
+    assert log.verify().ok
+    # A waiter that gives up still has its record written; the next appends go on.
+    waiter = asyncio.ensure_future(log.append_async(_entry(301)))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    await log.append_async(_entry(302))
+    assert [r.request_id for r in log.tail(2)] == ["req-0301", "req-0302"]
+    log.close()
+
+
+async def test_a_failed_commit_reaches_its_waiter_and_the_log_goes_on(tmp_path: Path) -> None:
+    import asyncio
+
+    log = AuditLog(tmp_path / "a.sqlite3")
+    log.close()  # every commit now fails
+    with pytest.raises(sqlite3.ProgrammingError):
+        await log.append_async(_entry(1))
+    fresh = AuditLog(tmp_path / "a.sqlite3")
+    assert (await asyncio.gather(fresh.append_async(_entry(2))))[0].seq == 1
+    fresh.close()
