@@ -232,31 +232,71 @@ def _memory_bandwidth() -> float:
 # -- report ----------------------------------------------------------------------------------
 
 
-def _ttft_interleaved(raw: RawEngine, target: str, rounds: int, per_round: int) -> dict[str, float]:
-    """Idle time to first token, raw and daemon in alternating rounds (same box state)."""
+_BARE_SERVER = """
+import asyncio, grpc
+from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
+from edge_agent._proto.edge_agent.v1 import inference_pb2_grpc as pb_grpc
+
+class Bare(pb_grpc.InferenceServicer):
+    async def Chat(self, request, context):
+        yield pb.ChatResponse(delta="x")
+        yield pb.ChatResponse(finish_reason=pb.FINISH_REASON_LENGTH)
+
+async def main():
+    server = grpc.aio.server()
+    pb_grpc.add_InferenceServicer_to_server(Bare(), server)
+    print(server.add_insecure_port("127.0.0.1:0"), flush=True)
+    await server.start()
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
+
+
+def _first_message_s(stub: Any, prompt: str) -> float:
+    request = pb.ChatRequest(
+        messages=[pb.ChatMessage(role="user", content=prompt)], max_tokens=1, min_tokens=1
+    )
+    start = time.perf_counter()
+    replies = stub.Chat(request, timeout=60)
+    next(replies)
+    elapsed = time.perf_counter() - start
+    for _ in replies:
+        pass
+    return elapsed
+
+
+def _ttft_interleaved(raw: RawEngine, target: str, count: int) -> dict[str, float]:
+    """Idle time to first token, alternating request by request between the raw engine, the
+    daemon and a bare gRPC servicer that answers at once (the floor of gRPC and the Python
+    client on this box), so drift in the box's speed hits all three alike."""
     raw_t: list[float] = []
     daemon_t: list[float] = []
-    with grpc.insecure_channel(target) as ch:
-        stub = pb_grpc.InferenceStub(ch)
-        for _ in range(rounds):
-            for i in range(per_round):
-                raw_t.append(raw.run(PROMPTS[i % 16 : i % 16 + 1], 1)[2])
-            time.sleep(0.05)  # let the raw engine's thread pool stop spinning
-            for i in range(per_round):
-                request = pb.ChatRequest(
-                    messages=[pb.ChatMessage(role="user", content=PROMPTS[i % 16])],
-                    max_tokens=1,
-                    min_tokens=1,
-                )
-                start = time.perf_counter()
-                replies = stub.Chat(request, timeout=60)
-                next(replies)
-                daemon_t.append(time.perf_counter() - start)
-                for _ in replies:
-                    pass
+    bare_t: list[float] = []
+    bare = subprocess.Popen(
+        [sys.executable, "-c", _BARE_SERVER], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        assert bare.stdout is not None
+        port = int(bare.stdout.readline())
+        with grpc.insecure_channel(target) as ch, grpc.insecure_channel(f"127.0.0.1:{port}") as bc:
+            stub, bare_stub = pb_grpc.InferenceStub(ch), pb_grpc.InferenceStub(bc)
+            _first_message_s(bare_stub, "warm up")
+            for i in range(count):
+                prompt = PROMPTS[i % 16]
+                raw_t.append(raw.run([prompt], 1)[2])
+                time.sleep(0.02)  # let the raw engine's thread pool stop spinning
+                daemon_t.append(_first_message_s(stub, prompt))
+                time.sleep(0.02)
+                bare_t.append(_first_message_s(bare_stub, prompt))
+                time.sleep(0.02)
+    finally:
+        bare.kill()
+        bare.wait()
     return {
         "raw_ttft_ms": statistics.median(raw_t) * 1000,
         "daemon_ttft_ms": statistics.median(daemon_t) * 1000,
+        "bare_grpc_ms": statistics.median(bare_t) * 1000,
     }
 
 
@@ -297,7 +337,7 @@ def bench_model(model_dir: Path, tokens: int, lanes: int, rounds: int) -> dict[s
                 ratios = [d / r for d, r in zip(runs[f"daemon_{n}"], runs[f"raw_{n}"], strict=True)]
                 res[f"ratio_{n}"] = statistics.median(ratios)
                 res[f"ratio_{n}_range"] = (min(ratios), max(ratios))
-            res.update(_ttft_interleaved(raw, daemon.target, rounds=max(rounds, 3), per_round=10))
+            res.update(_ttft_interleaved(raw, daemon.target, count=60))
             del raw
             loaded = asyncio.run(_ttft_under_load(daemon.target, 20, tokens * 4))
             res["loaded_ttft_p95_ms"] = _pct(loaded, 95) * 1000
@@ -343,6 +383,7 @@ def render(results: list[dict[str, Any]], tokens: int, lanes: int) -> str:
     row(
         "**added TTFT p50 (ms)**", "≤ 3", "{:.2f}", lambda r: r["daemon_ttft_ms"] - r["raw_ttft_ms"]
     )
+    row("… of which bare gRPC + Python client (ms)", "", "{:.2f}", lambda r: r["bare_grpc_ms"])
     row(
         "short-request TTFT p95 beside long generations (ms)",
         "",
@@ -365,17 +406,24 @@ def render(results: list[dict[str, Any]], tokens: int, lanes: int) -> str:
     row("raw 16 requests, max_batch_size=4 (tok/s)", "", "{:.1f}", lambda r: r["raw_16_batch4"])
     lines += [
         "",
-        "How to read it. The daemon and the raw engine run one after the other on the same box, "
-        "so other load on a shared machine moves the ratios between runs (seen here: 16-stream "
-        "ratio 0.62–0.98 on the bench model across runs on a 2-core VM shared with test "
-        "suites; a quiet single-stream rerun gave 1.01–1.04). The demo model decodes a token in "
-        "~0.5 ms, so the daemon's own cost per token (~0.38 ms of CPU: gRPC write, the pipe "
-        "from the worker, the stream generators) shows as a ratio near 0.5; on the bench model "
-        "(~20 ms/token) it is a few percent, and on Mistral Small 3 (hundreds of ms per token on "
-        "CPU) it vanishes. Added time to first token is ~1 ms for the worker hand-off plus ~2 ms "
-        "for gRPC and the Python client on loopback (3.9 ms measured in-process on an idle "
-        "box, 4–7 ms in these runs): the 3 ms target is missed. On this VM one intra-op "
-        "thread decodes a single stream faster than two.",
+        "How to read it. Raw and daemon alternate within one run (rounds for throughput; "
+        "request by request for time to first token), so a busy moment on this shared 2-core VM "
+        "hits both sides; ratios are medians of the per-round ratios, with their range. The "
+        "≥ 0.95 targets are judged on the bench model, whose per-token cost (~18 ms) is "
+        "realistic. The demo model decodes a token in ~0.5 ms, less than the daemon's own "
+        "fixed cost per token (~0.3 ms of CPU: the gRPC write, the message from the worker, "
+        "the stream generators), so its ratio sits near 0.6; that cost is per token, not "
+        "proportional to the model, and vanishes beside Mistral Small 3's hundreds of ms per "
+        "token on CPU. Added time to first token is what the daemon adds to the engine's own: "
+        "most of it is the round trip of gRPC and the Python client, measured beside it on a "
+        "bare servicer that answers at once; the rest is the request path (decision, "
+        "admission, submit; ~0.5 ms) and the hand-off to and from the worker (~0.2 ms). "
+        "Read it on "
+        "the demo model, whose prompt step is ~4 ms; on the bench model it is the difference "
+        "of two ~185 ms medians and moves by a few ms with the box (2.4 ms in a separate "
+        "120-request run). One or two intra-op threads for a single stream swapped places "
+        "between runs on this VM (36 vs 59 tok/s in one, 100 vs 56 in another): measure on "
+        "the target box before setting `engine.intra_op_threads`.",
     ]
     return "\n".join(lines) + "\n"
 
