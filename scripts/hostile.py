@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import platform
 import sys
 import tempfile
@@ -26,6 +25,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from edge_agent.config import LoggingConfig
+from edge_agent.logsetup import setup_logging
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- hostile:begin -->", "<!-- hostile:end -->"
@@ -271,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "RELIABILITY.md")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR)
+    # The daemon's own log set-up (what an operator would read), errors only.
+    setup_logging(LoggingConfig(level="ERROR"))
     name = "full" if args.full else "smoke" if args.smoke else "bounded"
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hostile-") as tmp:
