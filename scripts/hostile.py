@@ -174,13 +174,16 @@ def table(tallies: list[Any]) -> str:
 
 
 def _kept_rows(block: str, ran: set[str]) -> list[str]:
-    """Rows of the previous table for suites this run did not run (``--only``)."""
-    kept = []
+    """Rows of the previous table for suites this run did not run (``--only``), the newest
+    row of each suite only (the previous table lists its own run first)."""
+    kept, seen = [], set(ran)
     for line in block.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 8 and cells[1].isdigit() and cells[0] not in ran | {"**total**"}:
+        suite = cells[0].removesuffix(" (earlier run)")
+        if len(cells) == 8 and cells[1].isdigit() and suite not in seen | {"**total**"}:
+            seen.add(suite)
             kept.append(line if "(earlier run)" in line else line.replace(
-                f"| {cells[0]} |", f"| {cells[0]} (earlier run) |", 1))  # fmt: skip
+                f"| {suite} |", f"| {suite} (earlier run) |", 1))  # fmt: skip
     return kept
 
 

@@ -88,3 +88,22 @@ def test_a_partial_run_keeps_the_other_rows(tmp_path: Path) -> None:
     assert "| soak (64 clients) | 4 | 0 | 0 | 0 | 1 | 0 |" in text
     assert "| **total** | 11 | 0 | 0 | 0 | 1 | 0 | |" in text
     assert text.count("soak (64 clients)") == 2  # the row and its failure note
+
+
+def test_partial_runs_keep_one_row_per_suite_the_newest(tmp_path: Path) -> None:
+    script = _script()
+    out = tmp_path / "R.md"
+    fuzz, soak = Tally("fuzz raw"), Tally("soak (64 clients)")
+    fuzz.cases, soak.cases = 1, 10
+    script.write_section(out, "full", [fuzz, soak], 1.0)
+    newer_soak = Tally("soak (64 clients)")
+    newer_soak.cases = 20
+    script.write_section(out, "full", [newer_soak], 1.0)  # fuzz raw becomes "earlier"
+    newer_fuzz = Tally("fuzz raw")
+    newer_fuzz.cases = 2
+    script.write_section(out, "full", [newer_fuzz], 1.0)  # soak earlier; old fuzz row gone
+    text = out.read_text()
+    assert "| fuzz raw | 2 |" in text and "fuzz raw (earlier run)" not in text
+    assert "| soak (64 clients) (earlier run) | 20 |" in text
+    assert text.count("soak (64 clients)") == 1
+    assert "| **total** | 22 | 0 | 0 | 0 | 0 | 0 | |" in text
