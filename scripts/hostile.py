@@ -243,7 +243,8 @@ def write_benchmark(path: Path, scale_name: str, soak: Any) -> str | None:
             "",
             f"`scripts/hostile.py{'' if scale_name == 'bounded' else ' --' + scale_name}` on "
             f"{platform.machine()}, Python {platform.python_version()}, {stamp}; health "
-            "probed ten times a second from a separate process; 64 clients chatting, "
+            "probed ten times a second from a separate process; 64 clients (their own process, "
+            "at nice 10: they stand in for LAN machines) chatting, "
             "cancelling and polling status, with a signed bundle activated mid-run. The box "
             "was shared with other work. Target: p99 < 20 ms.",
             "",
