@@ -29,7 +29,8 @@ class _DemoteClientGoneWrites(logging.Filter):
     Demoted to DEBUG, where it still shows when someone looks for it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR and str(record.msg).startswith("ExecuteBatchError"):
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.levelno >= logging.ERROR and _is_client_gone_write(exc):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger().isEnabledFor(logging.DEBUG)
         return True

@@ -75,30 +75,30 @@ class WorkerHandle:
             return  # the exit is being reported; the caller's stream fails with it
         data = frame(message)
         if not self._unsent:
-            try:
-                sent = self._sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                self._close()
-                return
-            if sent == len(data):
+            sent = self._send_some(data)
+            if sent is None or sent == len(data):
                 return
             data = data[sent:]
             self._loop.add_writer(self._sock.fileno(), self._on_writable)
         self._unsent += data
 
     def _on_writable(self) -> None:
-        try:
-            sent = self._sock.send(self._unsent)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._close()
+        sent = self._send_some(self._unsent)
+        if sent is None:
             return
         del self._unsent[:sent]
         if not self._unsent:
             self._loop.remove_writer(self._sock.fileno())
+
+    def _send_some(self, data: bytes | bytearray) -> int | None:
+        """Bytes the kernel took now (0 when its buffer is full); None: the socket is gone."""
+        try:
+            return self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError:
+            self._close()
+            return None
 
     def _on_readable(self) -> None:
         try:

@@ -74,11 +74,15 @@ def decode(data: bytes) -> tuple[Any, ...]:
     return message
 
 
+def _check_size(size: int, limit: int = MAX_FRAME) -> None:
+    if size > limit:
+        raise ProtocolError(f"an engine frame of {size} bytes exceeds {limit}")
+
+
 def frame(message: tuple[Any, ...]) -> bytes:
     """``message`` encoded and prefixed with its length, ready for the socket."""
     body = encode(message)
-    if len(body) > MAX_FRAME:
-        raise ProtocolError(f"an engine message of {len(body)} bytes exceeds {MAX_FRAME}")
+    _check_size(len(body))
     return _HEADER.pack(len(body)) + body
 
 
@@ -95,8 +99,7 @@ class FrameReader:
         buffer, offset = self._buffer, 0
         while len(buffer) - offset >= _HEADER.size:
             (size,) = _HEADER.unpack_from(buffer, offset)
-            if size > self._max:
-                raise ProtocolError(f"an engine frame of {size} bytes exceeds {self._max}")
+            _check_size(size, self._max)
             end = offset + _HEADER.size + size
             if len(buffer) < end:
                 break
@@ -121,8 +124,7 @@ class BlockingChannel:
 
     def recv(self) -> tuple[Any, ...]:
         (size,) = _HEADER.unpack(self._read_exactly(_HEADER.size))
-        if size > MAX_FRAME:
-            raise ProtocolError(f"an engine frame of {size} bytes exceeds {MAX_FRAME}")
+        _check_size(size)
         return decode(self._read_exactly(size))
 
     def poll(self, timeout: float | None) -> bool:
