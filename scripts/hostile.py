@@ -131,29 +131,28 @@ def run(scale: Scale, tmp: Path, only: set[str]) -> list[Any]:
 def _cloud(m: dict[str, ModuleType], scale: Scale, tmp: Path) -> list[Any]:
     common, cloud = m["hostile_common"], m["hostile_cloud"]
     faults, tls = common.Tally("cloud faults"), common.Tally("cloud: untrusted TLS")
+
+    def suite(router: Any, base_url: str, folder: Path, tally: Any, run: Any, n: int) -> None:
+        """One escalating daemon against ``router`` (already started, stopped here)."""
+        try:
+            config = cloud.escalating_config(folder, base_url)
+
+            def body(running: Any, errors: Any) -> None:
+                run(running, router, tally, n)
+                errors.drain(tally)
+
+            _with_daemon(m, config, body)
+        finally:
+            router.stop()
+
     router = m["fake_router"].FakeRouter(cloud.TOKEN).start()
-    try:
-        config = cloud.escalating_config(tmp / "cloud", router.base_url)
-
-        def body(running: Any, errors: Any) -> None:
-            cloud.run_cloud_faults(running, router, faults, scale.cloud_rounds)
-            errors.drain(faults)
-
-        _with_daemon(m, config, body)
-    finally:
-        router.stop()
+    suite(
+        router, router.base_url, tmp / "cloud", faults, cloud.run_cloud_faults, scale.cloud_rounds
+    )
     (tmp / "tls").mkdir(parents=True, exist_ok=True)
     router = cloud.untrusted_tls_router(tmp / "tls").start()
-    try:
-        config = cloud.escalating_config(tmp / "tls", f"https://127.0.0.1:{router.port}/v1")
-
-        def tls_body(running: Any, errors: Any) -> None:
-            cloud.run_tls_failure(running, router, tls, scale.tls_cases)
-            errors.drain(tls)
-
-        _with_daemon(m, config, tls_body)
-    finally:
-        router.stop()
+    url = f"https://127.0.0.1:{router.port}/v1"
+    suite(router, url, tmp / "tls", tls, cloud.run_tls_failure, scale.tls_cases)
     return [faults, tls]
 
 
