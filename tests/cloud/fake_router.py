@@ -8,7 +8,10 @@ or without Retry-After, a server that never answers, a slow first byte, a slow-l
 a stream cut mid-way, malformed SSE, an in-stream error object.
 
 Everything runs in threads of a ``ThreadingHTTPServer``; ``stop()`` wakes every sleeping
-handler, shuts open connections and joins all threads, so nothing outlives a test.
+handler, shuts open connections and joins all threads, so nothing outlives a test. With a
+``tls`` context each connection's handshake runs in its handler thread under the handler's
+timeout, never in the accept loop: a client that connects and never finishes its handshake
+must not stall ``stop()`` (it once hung a CI run for the whole test timeout).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
+import sys
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -108,8 +113,9 @@ def default_catalog() -> dict[str, Any]:
 
 
 class FakeRouter:
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, tls: ssl.SSLContext | None = None) -> None:
         self.token = token
+        self.tls = tls
         self.catalog: dict[str, Any] = default_catalog()
         self.requests: list[Recorded] = []
         self._chat: deque[Behaviour] = deque()
@@ -129,7 +135,8 @@ class FakeRouter:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/v1"
 
     def on_chat(self, *behaviours: Behaviour) -> None:
         """Queue behaviours for the next chat requests (then the default reply)."""
@@ -177,6 +184,12 @@ class _Server(ThreadingHTTPServer):
     block_on_close = True
     router: FakeRouter
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Resets, broken pipes and refused TLS handshakes are what the tests provoke (a client
+        # that gives up); a bug in the stand-in itself is still printed.
+        if not isinstance(sys.exception(), OSError):
+            super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -184,14 +197,26 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 10  # safety net; stop() shuts connections long before
 
     def setup(self) -> None:
+        router = self.server.router
+        raw: socket.socket = self.request
+        router.track(raw, True)
+        if router.tls is not None:
+            raw.settimeout(self.timeout)
+            try:
+                # wrap_socket moves the descriptor to the TLS socket: track that one instead.
+                self.request = router.tls.wrap_socket(raw, server_side=True)
+            finally:
+                router.track(raw, False)
+            router.track(self.request, True)
         super().setup()
-        self.server.router.track(self.connection, True)
 
     def finish(self) -> None:
         try:
             super().finish()
         finally:
             self.server.router.track(self.connection, False)
+            if self.server.router.tls is not None:
+                self.connection.close()  # socketserver closes only the raw, detached socket
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # keep test output clean

@@ -148,10 +148,7 @@ def untrusted_tls_router(tmp: Path) -> FakeRouter:
     )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_path, key_path)
-    router = FakeRouter(TOKEN)
-    server = router._server
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    return router
+    return FakeRouter(TOKEN, tls=context)
 
 
 class Watch:

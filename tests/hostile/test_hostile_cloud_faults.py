@@ -4,6 +4,9 @@ local answers continue, an untrusted TLS certificate is refused."""
 from __future__ import annotations
 
 import logging
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -73,3 +76,20 @@ def test_untrusted_router_certificate_is_refused_and_answers_stay_local(
     assert tally.clean, (tally.summary(), tally.figures)
     assert tally.figures["tls_failure_kind"]
     assert TOKEN not in caplog.text
+
+
+def test_a_client_that_never_finishes_its_tls_handshake_does_not_stall_the_stand_in(
+    tmp_path: Path,
+) -> None:
+    # A cancelled connect can leave a half-open TLS connection in the client's process;
+    # the stand-in once ran handshakes in its accept loop and stop() waited on it for good.
+    router = untrusted_tls_router(tmp_path).start()
+    silent = socket.create_connection(("127.0.0.1", router.port))
+    try:
+        time.sleep(0.1)  # let the handler thread take it and wait for a ClientHello
+        stopper = threading.Thread(target=router.stop, daemon=True)
+        stopper.start()
+        stopper.join(timeout=10)
+        assert not stopper.is_alive(), "stop() waited on a connection that never handshook"
+    finally:
+        silent.close()
