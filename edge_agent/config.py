@@ -65,7 +65,7 @@ class EngineConfig:
     model_dir: Path | None = None
     providers: tuple[str, ...] = KNOWN_PROVIDERS
     provider_options: dict[str, dict[str, str]] = field(default_factory=dict)
-    intra_op_threads: int = 0  # 0: onnxruntime's default (all cores)
+    intra_op_threads: int = 0  # 0: one per physical core this process may use (engine/_cpus)
     # The worker runs at a lower priority so health checks, the watchdog and mDNS in the
     # daemon get a core at once even while every core is decoding.
     worker_nice: int = 5

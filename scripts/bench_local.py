@@ -38,6 +38,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
 from edge_agent._proto.edge_agent.v1 import inference_pb2_grpc as pb_grpc
+from edge_agent.engine._cpus import resolve_intra_op_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = [f"Tell me something about topic number {i} and why it matters." for i in range(16)]
@@ -59,7 +60,9 @@ class RawEngine:
         self.og = og
         config = og.Config(str(model_dir))
         config.clear_providers()
-        config.overlay(json.dumps(session_overlay(threads, max_batch)))
+        # 0 resolves as the daemon's worker resolves it, so both sides use the same threads.
+        resolved = resolve_intra_op_threads(threads)
+        config.overlay(json.dumps(session_overlay(resolved, max_batch)))
         self.model = og.Model(config)
         self.tokenizer = og.Tokenizer(self.model)
         self.engine = og.Engine(self.model)
@@ -236,6 +239,7 @@ _BARE_SERVER = """
 import asyncio, grpc
 from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
 from edge_agent._proto.edge_agent.v1 import inference_pb2_grpc as pb_grpc
+from edge_agent.engine._cpus import resolve_intra_op_threads
 
 class Bare(pb_grpc.InferenceServicer):
     async def Chat(self, request, context):
@@ -304,6 +308,7 @@ def bench_model(model_dir: Path, tokens: int, lanes: int, rounds: int) -> dict[s
     res: dict[str, Any] = {"model": model_dir.name, "rounds": rounds}
     weights = sum(f.stat().st_size for f in model_dir.glob("model.onnx*"))
     res["weights_mb"] = weights / 1e6
+    res["default_threads"] = resolve_intra_op_threads(0)
     # Session options that move decode speed (raw engine, same prompts).
     for threads in (1, 2):
         eng = RawEngine(model_dir, threads=threads)
@@ -401,6 +406,7 @@ def render(results: list[dict[str, Any]], tokens: int, lanes: int) -> str:
     row("engine worker RSS (MB)", "", "{:.0f}", lambda r: r["worker_rss_mb"])
     row("memory bandwidth (GB/s, numpy copy)", "", "{:.1f}", lambda r: r["bandwidth_gbs"])
     row("1-stream decode ÷ bandwidth limit", "", "{:.2f}", lambda r: r["bw_fraction"])
+    row("intra-op threads by default on this box", "", "{:d}", lambda r: r["default_threads"])
     row("raw 1 stream, intra_op_threads=1 (tok/s)", "", "{:.1f}", lambda r: r["raw_1_threads1"])
     row("raw 1 stream, intra_op_threads=2 (tok/s)", "", "{:.1f}", lambda r: r["raw_1_threads2"])
     row("raw 16 requests, max_batch_size=4 (tok/s)", "", "{:.1f}", lambda r: r["raw_16_batch4"])

@@ -132,6 +132,7 @@ class EngineSupervisor:
             lanes=info.lanes if info else self._config.lanes,
             max_batch_size=info.max_batch_size if info else self._config.max_batch_size,
             context_length=info.context_length if info else 0,
+            intra_op_threads=info.intra_op_threads if info else 0,
             worker_stats=dict(self._stats),
         )
 
@@ -173,9 +174,9 @@ class EngineSupervisor:
             reason = "timed out loading the model" if isinstance(exc, TimeoutError) else str(exc)
             raise EngineUnavailable(f"the engine could not load the model: {reason}") from exc
         _log.info(
-            "engine worker pid %s serves %s on %s (context %d, %d lanes × batch %d)",
+            "engine worker pid %s serves %s on %s (context %d, %d lanes × batch %d, %d threads)",
             info.pid, model_dir, info.execution_provider, info.context_length, info.lanes,
-            info.max_batch_size,
+            info.max_batch_size, info.intra_op_threads,
         )  # fmt: skip
         return handle
 

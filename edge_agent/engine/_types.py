@@ -78,6 +78,7 @@ class EngineInfo:
     lanes: int
     vocab_size: int
     pid: int
+    intra_op_threads: int = 0  # as the worker resolved it (0: not reported)
 
     @classmethod
     def from_wire(cls, info: dict[str, Any]) -> EngineInfo:
@@ -88,6 +89,7 @@ class EngineInfo:
             lanes=int(info["lanes"]),
             vocab_size=int(info.get("vocab_size", 0)),
             pid=int(info["pid"]),
+            intra_op_threads=int(info.get("intra_op_threads", 0)),
         )
 
 
@@ -122,4 +124,5 @@ class EngineStatusView:
     lanes: int
     max_batch_size: int
     context_length: int
+    intra_op_threads: int = 0
     worker_stats: dict[str, Any] = field(default_factory=dict)

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.engine._cpus import resolve_intra_op_threads
 from edge_agent.engine._protocol import BlockingChannel
 from edge_agent.engine._providers import ModelLoadError, load_model
 from edge_agent.engine._stops import StopFilter
@@ -210,12 +211,13 @@ class _Worker:
         self.og = og
         self.conn = conn
         self.spec = spec
+        self.intra_op_threads = resolve_intra_op_threads(int(spec["intra_op_threads"]))
         loaded = load_model(
             og,
             Path(spec["model_dir"]),
             spec["providers"],
             spec["provider_options"],
-            int(spec["intra_op_threads"]),
+            self.intra_op_threads,
             int(spec["max_batch_size"]),
         )
         self.model = loaded.model
@@ -244,6 +246,7 @@ class _Worker:
             "context_length": self.context_length,
             "max_batch_size": self.max_batch,
             "lanes": len(self.lanes),
+            "intra_op_threads": self.intra_op_threads,
             "vocab_size": self.vocab_size,
             "pid": os.getpid(),
         }

@@ -85,6 +85,7 @@ def status_to_proto(view: StatusView) -> pb.GetStatusResponse:
             queued_requests=engine.queued_requests,
             lanes=engine.lanes,
             max_batch_size=engine.max_batch_size,
+            intra_op_threads=engine.intra_op_threads,
         ),
         uptime_s=view.uptime_s,
         tls_fingerprint_sha256=view.tls_fingerprint,

@@ -11,6 +11,7 @@ from daemon_harness import RunningAgent
 from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
 from edge_agent._proto.edge_agent.v1 import inference_pb2_grpc as pb_grpc
 from edge_agent.client import ChatOptions, Client
+from edge_agent.engine._cpus import usable_cores
 
 
 def _ask(channel: grpc.Channel, text: str, **fields: object) -> list[pb.ChatResponse]:
@@ -118,6 +119,8 @@ def test_status_and_models_report_the_serving_provider(daemon: RunningAgent) -> 
     assert status.state == pb.SERVING_STATE_SERVING
     assert status.engine.state == "ready"
     assert status.engine.execution_provider == "cpu"
+    # intra_op_threads = 0 resolves to the cores this process may use, as the worker saw them.
+    assert status.engine.intra_op_threads == usable_cores()
     assert status.active_model.name == "edge-demo-mistral"
     assert status.agent_version
     assert len(models) == 1 and models[0].active

@@ -524,6 +524,7 @@ class EngineStatus(_message.Message):
     QUEUED_REQUESTS_FIELD_NUMBER: _builtins.int
     LANES_FIELD_NUMBER: _builtins.int
     MAX_BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    INTRA_OP_THREADS_FIELD_NUMBER: _builtins.int
     state: _builtins.str
     """"starting", "ready", "restarting", "stopped" """
     execution_provider: _builtins.str
@@ -532,6 +533,8 @@ class EngineStatus(_message.Message):
     queued_requests: _builtins.int
     lanes: _builtins.int
     max_batch_size: _builtins.int
+    intra_op_threads: _builtins.int
+    """onnxruntime intra-op threads the worker uses (0: not loaded)"""
     def __init__(
         self,
         *,
@@ -542,10 +545,11 @@ class EngineStatus(_message.Message):
         queued_requests: _builtins.int = ...,
         lanes: _builtins.int = ...,
         max_batch_size: _builtins.int = ...,
+        intra_op_threads: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_requests", b"active_requests", "execution_provider", b"execution_provider", "lanes", b"lanes", "max_batch_size", b"max_batch_size", "queued_requests", b"queued_requests", "restarts", b"restarts", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_requests", b"active_requests", "execution_provider", b"execution_provider", "intra_op_threads", b"intra_op_threads", "lanes", b"lanes", "max_batch_size", b"max_batch_size", "queued_requests", b"queued_requests", "restarts", b"restarts", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
