@@ -202,12 +202,18 @@ class _Handler(BaseHTTPRequestHandler):
         router.track(raw, True)
         if router.tls is not None:
             raw.settimeout(self.timeout)
+            # wrap_socket moves the descriptor to the TLS socket: track that one, and only
+            # then handshake, so stop() can shut a handshake that never completes.
+            tls = router.tls.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+            router.track(raw, False)
+            router.track(tls, True)
+            self.request = tls
             try:
-                # wrap_socket moves the descriptor to the TLS socket: track that one instead.
-                self.request = router.tls.wrap_socket(raw, server_side=True)
-            finally:
-                router.track(raw, False)
-            router.track(self.request, True)
+                tls.do_handshake()
+            except BaseException:
+                router.track(tls, False)
+                tls.close()
+                raise
         super().setup()
 
     def finish(self) -> None:
