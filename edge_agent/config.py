@@ -66,11 +66,17 @@ class EngineConfig:
     providers: tuple[str, ...] = KNOWN_PROVIDERS
     provider_options: dict[str, dict[str, str]] = field(default_factory=dict)
     intra_op_threads: int = 0  # 0: one per physical core this process may use (engine/_cpus)
+    # onnxruntime's threads busy-wait between operators and for ~50 ms after each step by
+    # default: a core the daemon's own work (and the box's thermals) then lack.
+    thread_spinning: bool = False
     # The worker runs at a lower priority so health checks, the watchdog and mDNS in the
     # daemon get a core at once even while every core is decoding.
     worker_nice: int = 5
     lanes: int = 3  # Engines sharing one model, stepped in turn (see docs/ARCHITECTURE.md)
     max_batch_size: int = 16
+    # A request that has generated at most this many tokens may move into a fresh lane's
+    # batch (engine/_worker.py "Regrouping"); 0 turns regrouping off.
+    regroup_max_tokens: int = 16
     load_timeout_s: float = 900.0
     restart_backoff_s: float = 0.5
     restart_backoff_max_s: float = 30.0
@@ -179,9 +185,13 @@ def _parse_engine(r: TableReader, base: Path) -> EngineConfig:
         intra_op_threads=r.integer(
             "intra_op_threads", d.intra_op_threads, min_value=0, max_value=1024
         ),
+        thread_spinning=r.boolean("thread_spinning", d.thread_spinning),
         worker_nice=r.integer("worker_nice", d.worker_nice, min_value=0, max_value=19),
         lanes=r.integer("lanes", d.lanes, min_value=1, max_value=16),
         max_batch_size=r.integer("max_batch_size", d.max_batch_size, min_value=1, max_value=256),
+        regroup_max_tokens=r.integer(
+            "regroup_max_tokens", d.regroup_max_tokens, min_value=0, max_value=4096
+        ),
         load_timeout_s=r.number("load_timeout_s", d.load_timeout_s, min_value=1),
         restart_backoff_s=backoff,
         restart_backoff_max_s=r.number(

@@ -52,7 +52,9 @@ def _pct(values: list[float], q: float) -> float:
 
 
 class RawEngine:
-    def __init__(self, model_dir: Path, threads: int = 0, max_batch: int = 16) -> None:
+    def __init__(
+        self, model_dir: Path, threads: int = 0, max_batch: int = 16, spinning: bool = False
+    ) -> None:
         import onnxruntime_genai as og
 
         from edge_agent.engine._providers import session_overlay
@@ -62,7 +64,7 @@ class RawEngine:
         config.clear_providers()
         # 0 resolves as the daemon's worker resolves it, so both sides use the same threads.
         resolved = resolve_intra_op_threads(threads)
-        config.overlay(json.dumps(session_overlay(resolved, max_batch)))
+        config.overlay(json.dumps(session_overlay(resolved, max_batch, spinning)))
         self.model = og.Model(config)
         self.tokenizer = og.Tokenizer(self.model)
         self.engine = og.Engine(self.model)
@@ -112,13 +114,16 @@ def _free_port() -> int:
 
 
 class Daemon:
-    def __init__(self, model_dir: Path, tmp: Path, lanes: int, threads: int) -> None:
+    def __init__(
+        self, model_dir: Path, tmp: Path, lanes: int, threads: int, spinning: bool = False
+    ) -> None:
         self.port = _free_port()
         config = tmp / "agent.toml"
         config.write_text(
             f'[paths]\nstate_dir = "{tmp}/state"\nruntime_dir = "{tmp}/run"\n'
             f'[server]\nlisten = ["127.0.0.1:{self.port}"]\n'
             f'[engine]\nmodel_dir = "{model_dir}"\nlanes = {lanes}\nintra_op_threads = {threads}\n'
+            f"thread_spinning = {str(spinning).lower()}\n"
             '[logging]\nlevel = "WARNING"\n[metrics]\nport = 0\n[discovery]\nenabled = false\n'
             # Measures the serving path, not the per-client limiter (its default would
             # throttle the back-to-back TTFT probes).
@@ -304,8 +309,10 @@ def _ttft_interleaved(raw: RawEngine, target: str, count: int) -> dict[str, floa
     }
 
 
-def bench_model(model_dir: Path, tokens: int, lanes: int, rounds: int) -> dict[str, Any]:
-    res: dict[str, Any] = {"model": model_dir.name, "rounds": rounds}
+def bench_model(
+    model_dir: Path, tokens: int, lanes: int, rounds: int, spinning: bool = False
+) -> dict[str, Any]:
+    res: dict[str, Any] = {"model": model_dir.name, "rounds": rounds, "spinning": spinning}
     weights = sum(f.stat().st_size for f in model_dir.glob("model.onnx*"))
     res["weights_mb"] = weights / 1e6
     res["default_threads"] = resolve_intra_op_threads(0)
@@ -318,11 +325,11 @@ def bench_model(model_dir: Path, tokens: int, lanes: int, rounds: int) -> dict[s
     eng = RawEngine(model_dir, max_batch=4)
     res["raw_16_batch4"], _, _ = eng.run(PROMPTS, tokens)
     del eng
-    raw = RawEngine(model_dir)
+    raw = RawEngine(model_dir, spinning=spinning)
     raw.run(PROMPTS[:1], 4)  # warm up
     res["raw_rss_mb"] = psutil.Process().memory_info().rss / 1e6
     with tempfile.TemporaryDirectory() as tmp:
-        daemon = Daemon(model_dir, Path(tmp), lanes, 0)
+        daemon = Daemon(model_dir, Path(tmp), lanes, 0, spinning)
         try:
             # Raw and daemon alternate, so a busy moment on a shared box hits both sides of
             # a round's ratio; the figures are medians over the rounds.
@@ -456,6 +463,9 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--lanes", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=5, help="alternating raw/daemon rounds")
+    parser.add_argument(
+        "--spinning", action="store_true", help="both sides with engine.thread_spinning = true"
+    )
     parser.add_argument("--write", type=Path, default=None, help="update this BENCHMARKS.md")
     args = parser.parse_args()
     models = args.model or [
@@ -463,7 +473,7 @@ def main() -> int:
     ]
     results = []
     for m in models:
-        results.append(bench_model(m, args.tokens, args.lanes, args.rounds))
+        results.append(bench_model(m, args.tokens, args.lanes, args.rounds, args.spinning))
         print(json.dumps(results[-1]), flush=True)
     section = render(results, args.tokens, args.lanes)
     print(section)

@@ -43,14 +43,22 @@ def _available(og: Any, provider: str) -> bool:
         return False
 
 
-def session_overlay(intra_op_threads: int, max_batch_size: int) -> dict[str, Any]:
+def session_overlay(
+    intra_op_threads: int, max_batch_size: int, thread_spinning: bool = False
+) -> dict[str, Any]:
     """The genai_config overlay that applies the daemon's engine settings."""
-    overlay: dict[str, Any] = {"engine": {"static_batching": {"max_batch_size": max_batch_size}}}
+    # String-valued session options that genai does not know by name are passed to
+    # onnxruntime as session config entries.
+    session: dict[str, Any] = {
+        "session.intra_op.allow_spinning": "1" if thread_spinning else "0",
+        "session.inter_op.allow_spinning": "1" if thread_spinning else "0",
+    }
     if intra_op_threads > 0:
-        overlay["model"] = {
-            "decoder": {"session_options": {"intra_op_num_threads": intra_op_threads}}
-        }
-    return overlay
+        session["intra_op_num_threads"] = intra_op_threads
+    return {
+        "engine": {"static_batching": {"max_batch_size": max_batch_size}},
+        "model": {"decoder": {"session_options": session}},
+    }
 
 
 def load_model(
@@ -60,9 +68,10 @@ def load_model(
     provider_options: Mapping[str, Mapping[str, str]],
     intra_op_threads: int,
     max_batch_size: int,
+    thread_spinning: bool = False,
 ) -> LoadedModel:
     skipped: list[tuple[str, str]] = []
-    overlay = json.dumps(session_overlay(intra_op_threads, max_batch_size))
+    overlay = json.dumps(session_overlay(intra_op_threads, max_batch_size, thread_spinning))
     for provider in providers:
         if not _available(og, provider):
             skipped.append((provider, "not available in this build or on this box"))

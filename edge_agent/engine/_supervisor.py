@@ -159,9 +159,11 @@ class EngineSupervisor:
             "providers": list(c.providers),
             "provider_options": {k: dict(v) for k, v in c.provider_options.items()},
             "intra_op_threads": c.intra_op_threads,
+            "thread_spinning": c.thread_spinning,
             "nice": c.worker_nice,
             "lanes": c.lanes,
             "max_batch_size": c.max_batch_size,
+            "regroup_max_tokens": c.regroup_max_tokens,
         }
 
     async def _launch(self, model_dir: Path) -> WorkerHandle:

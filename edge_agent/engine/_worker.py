@@ -11,6 +11,15 @@ steps the busy ones in turn. A newcomer goes into a lane that has not started st
 every lane is busy does it wait, and then for the first lane that frees. Seeded sampling
 runs on a Generator of its own (the static Engine refuses per-turn seeds) stepped in the
 same rotation.
+
+Regrouping. Requests of a burst reach the worker one by one: the first starts stepping
+alone at once (its time to first token matters), the rest gather in a fresh lane, and the
+two would then step as batches of 1 and n-1 for the whole answer. So right after a lane's
+first steps, when a fresh lane is about to start, the young lane's requests move into it:
+each is cancelled and begun again there from its prompt plus the tokens it has already
+generated, so the fresh batch carries them all. A request moves at most once, only while it
+has generated few tokens (``engine.regroup_max_tokens``) and only when re-reading it costs
+no more than the fresh batch's own prompts.
 """
 
 from __future__ import annotations
@@ -68,6 +77,30 @@ class _Job:
     request: Any = None  # og.Request; the reference keeps it alive (a dropped Request closes)
     turn_id: int = 0
     cancelled: bool = False
+    generated: list[int] = field(default_factory=list)  # token ids of this answer so far
+    regrouped: bool = False
+
+    @property
+    def min_new(self) -> int:
+        return min(int(self.job.get("min_tokens") or 0), self.max_new)
+
+    def resume_tokens(self) -> np.ndarray[Any, np.dtype[np.int32]]:
+        """What a fresh turn must read to continue this answer where it stands."""
+        if not self.generated:
+            return self.tokens
+        return np.concatenate([self.tokens, np.asarray(self.generated, dtype=np.int32)])
+
+    def regroupable(self, max_tokens: int) -> bool:
+        # A guided answer cannot move: the grammar's state would restart at the new turn.
+        return (
+            not self.regrouped
+            and not self.cancelled
+            and not self.stops.stopped
+            and not self.job["json_schema"]
+            and self.completion_tokens <= max_tokens
+            and len(self.generated) == self.completion_tokens
+            and self.completion_tokens < self.max_new
+        )
 
 
 @dataclass
@@ -89,8 +122,9 @@ class _Out:
 class _EngineLane:
     """One og.Engine over the shared model; a static batch while it steps."""
 
-    def __init__(self, og: Any, model: Any, buffer_size: int) -> None:
+    def __init__(self, og: Any, model: Any, buffer_size: int, keep_tokens: int = 0) -> None:
         self._og = og
+        self._keep_tokens = keep_tokens  # token ids kept per answer, for regrouping
         self.engine = og.Engine(model)
         self.buffer = self.engine.create_event_buffer(buffer_size)
         self.jobs: dict[int, _Job] = {}  # id(og.Request) → job
@@ -107,10 +141,11 @@ class _EngineLane:
         og = self._og
         request = self.engine.create_request()
         options = og.TurnOptions(request)
-        options.set_max_generated_tokens(job.max_new)
+        # A regrouped job continues: only what is left of its budget counts in the new turn.
+        options.set_max_generated_tokens(job.max_new - job.completion_tokens)
         spec = job.job
-        if spec.get("min_tokens"):
-            options.set_min_generated_tokens(min(int(spec["min_tokens"]), job.max_new))
+        if job.min_new > job.completion_tokens:
+            options.set_min_generated_tokens(job.min_new - job.completion_tokens)
         temperature = float(spec["temperature"])
         options.set_temperature(temperature)
         if temperature > 0:
@@ -123,9 +158,30 @@ class _EngineLane:
         # Stop strings are matched here (StopFilter): the static Engine refuses them.
         if spec["json_schema"]:
             options.set_guidance("json_schema", spec["json_schema"])
-        job.turn_id = request.begin_turn(job.tokens, options)
+        job.turn_id = request.begin_turn(job.resume_tokens(), options)
         job.request = request
         self.jobs[id(request)] = job
+
+    def prompt_tokens(self) -> int:
+        return sum(len(job.tokens) + len(job.generated) for job in self.jobs.values())
+
+    def regroupable(self, max_tokens: int) -> bool:
+        return (
+            self.stepping
+            and bool(self.jobs)
+            and all(job.regroupable(max_tokens) for job in self.jobs.values())
+        )
+
+    def release(self) -> list[_Job]:
+        """End every turn here without finishing the jobs, so they can begin again elsewhere."""
+        jobs = list(self.jobs.values())
+        for job in jobs:
+            job.request.cancel_turn(job.turn_id)
+            job.request.close()  # frees its KV blocks; the engine forgets it
+            job.request = None
+        self.jobs.clear()
+        self.stepping = False
+        return jobs
 
     def cancel(self, job: _Job) -> None:
         job.cancelled = True
@@ -140,6 +196,8 @@ class _EngineLane:
             flags = event.flags.value
             if flags & _TOKEN and not job.cancelled:
                 job.completion_tokens += 1
+                if job.completion_tokens <= self._keep_tokens:
+                    job.generated.append(int(event.token))
                 text = job.stops.feed(job.stream.decode(event.token))
                 if text:
                     out.deltas.append((job.rid, text))
@@ -219,6 +277,7 @@ class _Worker:
             spec["provider_options"],
             self.intra_op_threads,
             int(spec["max_batch_size"]),
+            bool(spec.get("thread_spinning", False)),
         )
         self.model = loaded.model
         self.provider = loaded.provider
@@ -229,9 +288,14 @@ class _Worker:
         self.vocab_size = int(config["model"].get("vocab_size", 0))
         eos = config["model"].get("eos_token_id", [])
         self.eos = frozenset(eos if isinstance(eos, list) else [eos])
-        self.lanes = [_EngineLane(og, self.model, 256) for _ in range(int(spec["lanes"]))]
+        self.regroup_max_tokens = int(spec.get("regroup_max_tokens", 0))
+        self.lanes = [
+            _EngineLane(og, self.model, 256, self.regroup_max_tokens)
+            for _ in range(int(spec["lanes"]))
+        ]
         self.max_batch = int(self.lanes[0].engine.get_capabilities().configured_max_batch_size)
         self.max_batch = min(self.max_batch, int(spec["max_batch_size"])) or 1
+        self.regrouped = 0
         self.generators: list[_GeneratorLane] = []
         self.waiting: deque[_Job] = deque()
         self.where: dict[int, _EngineLane | _GeneratorLane | None] = {}
@@ -258,6 +322,7 @@ class _Worker:
             "pending_in_engines": sum(lane.engine.has_pending_requests() for lane in self.lanes),
             "busy_lanes": sum(lane.busy for lane in self.lanes),
             "steps": self.steps,
+            "regrouped": self.regrouped,
         }
 
     # -- commands -------------------------------------------------------------------------
@@ -373,12 +438,54 @@ class _Worker:
                 continue
             self.where[job.rid] = lane
 
+    def regroup(self, out: _Out) -> None:
+        """Move young small batches into the fresh lane that is about to start."""
+        if self.regroup_max_tokens <= 0:
+            return
+        fresh = next((ln for ln in self.lanes if ln.busy and not ln.stepping), None)
+        if fresh is None:
+            return
+        budget = fresh.prompt_tokens()  # re-reading may at most double the fresh prefill
+        for lane in self.lanes:
+            if lane is fresh or not lane.regroupable(self.regroup_max_tokens):
+                continue
+            if len(lane.jobs) + len(fresh.jobs) > self.max_batch:
+                continue
+            cost = lane.prompt_tokens()
+            if cost > budget:
+                continue
+            budget -= cost
+            for job in lane.release():
+                job.regrouped = True
+                try:
+                    fresh.add(job)
+                except Exception as exc:
+                    _log.warning("the engine refused regrouped request %d: %s", job.rid, exc)
+                    self.where.pop(job.rid, None)
+                    out.finish(job, "error", ("internal", "", "the engine failed this request"))
+                    continue
+                self.where[job.rid] = fresh
+                self.regrouped += 1
+
     # -- the loop -------------------------------------------------------------------------
 
     def _runnable(self) -> list[Callable[[_Out], None]]:
         steps: list[Callable[[_Out], None]] = [lane.step for lane in self.lanes if lane.busy]
         steps.extend(functools.partial(g.step, eos=self.eos) for g in self.generators)
         return steps
+
+    def advance(self, out: _Out) -> None:
+        """Place what waits, then run one step of the next busy lane in the rotation."""
+        self.dispatch(out)
+        self.regroup(out)
+        runnable = self._runnable()
+        if runnable:
+            runnable[self.turn % len(runnable)](out)
+            self.turn += 1
+            self.steps += 1
+            for job_rid in [rid for rid, *_ in out.done]:
+                self.where.pop(job_rid, None)
+            self.generators = [g for g in self.generators if not g.done]
 
     def run(self) -> None:
         while self.running:
@@ -394,15 +501,7 @@ class _Worker:
                         break
             if not self.running:
                 break
-            self.dispatch(out)
-            runnable = self._runnable()
-            if runnable:
-                runnable[self.turn % len(runnable)](out)
-                self.turn += 1
-                self.steps += 1
-                for job_rid in [rid for rid, *_ in out.done]:
-                    self.where.pop(job_rid, None)
-                self.generators = [g for g in self.generators if not g.done]
+            self.advance(out)
             if out:
                 self.conn.send(("step", out.started, out.deltas, out.done))
 

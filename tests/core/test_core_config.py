@@ -42,6 +42,7 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> Non
         ("[engine]\nlanes = 0\n", "engine.lanes"),
         ("[engine]\nlanes = true\n", "engine.lanes"),
         ("[engine]\nlanse = 2\n", "engine.lanse"),
+        ('[engine]\nthread_spinning = "yes"\n', "engine.thread_spinning"),
         ("[engine.provider_options.cuda]\ndevice_id = 1\n", "engine.provider_options.cuda"),
         ('[logging]\nlevel = "LOUD"\n', "logging.level"),
         ("[nonsense]\n", "nonsense"),
@@ -53,6 +54,13 @@ def test_bad_values_name_the_file_and_key(tmp_path: Path, text: str, key: str) -
         load_config(path)
     assert str(path) in info.value.message
     assert key in info.value.message
+
+
+def test_engine_thread_spinning_is_off_unless_asked(tmp_path: Path) -> None:
+    # Off by default: spinning threads would take the core the daemon's own work needs.
+    assert load_config(_write(tmp_path, "")).engine.thread_spinning is False
+    cfg = load_config(_write(tmp_path, "[engine]\nthread_spinning = true\n"))
+    assert cfg.engine.thread_spinning is True
 
 
 def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:

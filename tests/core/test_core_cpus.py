@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.engine._cpus import resolve_intra_op_threads, usable_cores
+from edge_agent.engine._providers import session_overlay
 
 
 def _topology(root: Path, cores: dict[int, tuple[int, int]]) -> Path:
@@ -96,3 +97,19 @@ def test_explicit_setting_wins_and_zero_resolves_to_this_box() -> None:
     resolved = resolve_intra_op_threads(0)
     assert 1 <= resolved <= len(os.sched_getaffinity(0))
     assert resolved == usable_cores()
+
+
+@pytest.mark.parametrize("spinning", [False, True])
+def test_session_overlay_sets_threads_spinning_and_batch(spinning: bool) -> None:
+    overlay = session_overlay(2, 8, spinning)
+    session = overlay["model"]["decoder"]["session_options"]
+    flag = "1" if spinning else "0"
+    # onnxruntime reads these as session config entries (strings), genai passes them through.
+    assert session["session.intra_op.allow_spinning"] == flag
+    assert session["session.inter_op.allow_spinning"] == flag
+    assert session["intra_op_num_threads"] == 2
+    assert overlay["engine"]["static_batching"]["max_batch_size"] == 8
+    # 0 threads leaves onnxruntime-genai's own choice in place.
+    assert (
+        "intra_op_num_threads" not in session_overlay(0, 8)["model"]["decoder"]["session_options"]
+    )
