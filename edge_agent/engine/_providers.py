@@ -44,7 +44,7 @@ def _available(og: Any, provider: str) -> bool:
 
 
 def session_overlay(
-    intra_op_threads: int, max_batch_size: int, thread_spinning: bool = False
+    intra_op_threads: int, max_batch_size: int, thread_spinning: bool = True
 ) -> dict[str, Any]:
     """The genai_config overlay that applies the daemon's engine settings."""
     # String-valued session options that genai does not know by name are passed to
@@ -68,7 +68,7 @@ def load_model(
     provider_options: Mapping[str, Mapping[str, str]],
     intra_op_threads: int,
     max_batch_size: int,
-    thread_spinning: bool = False,
+    thread_spinning: bool = True,
 ) -> LoadedModel:
     skipped: list[tuple[str, str]] = []
     overlay = json.dumps(session_overlay(intra_op_threads, max_batch_size, thread_spinning))

@@ -277,7 +277,7 @@ class _Worker:
             spec["provider_options"],
             self.intra_op_threads,
             int(spec["max_batch_size"]),
-            bool(spec.get("thread_spinning", False)),
+            bool(spec.get("thread_spinning", True)),
         )
         self.model = loaded.model
         self.provider = loaded.provider
