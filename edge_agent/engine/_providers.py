@@ -49,9 +49,13 @@ def session_overlay(
     """The genai_config overlay that applies the daemon's engine settings."""
     # String-valued session options that genai does not know by name are passed to
     # onnxruntime as session config entries.
+    # Spinning threads pick up the next operator at once (the faster decode); they stop
+    # when a step's Run() returns, so between steps and when idle the cores are free for
+    # the daemon (force_spinning_stop: measured same decode speed, idle CPU as without spin).
     session: dict[str, Any] = {
         "session.intra_op.allow_spinning": "1" if thread_spinning else "0",
         "session.inter_op.allow_spinning": "1" if thread_spinning else "0",
+        "session.force_spinning_stop": "1",
     }
     if intra_op_threads > 0:
         session["intra_op_num_threads"] = intra_op_threads

@@ -107,6 +107,7 @@ def test_session_overlay_sets_threads_spinning_and_batch(spinning: bool) -> None
     # onnxruntime reads these as session config entries (strings), genai passes them through.
     assert session["session.intra_op.allow_spinning"] == flag
     assert session["session.inter_op.allow_spinning"] == flag
+    assert session["session.force_spinning_stop"] == "1"  # never spin past a step
     assert session["intra_op_num_threads"] == 2
     assert overlay["engine"]["static_batching"]["max_batch_size"] == 8
     # 0 threads leaves onnxruntime-genai's own choice in place.
