@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2
 
 import edge_agent
 from edge_agent._fleetkeys import FleetKeyring
+from edge_agent._malloc import limit_malloc_arenas
 from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
 from edge_agent.audit import AuditLog
 from edge_agent.bundles import BundleManager, InboxWatcher
@@ -177,6 +178,7 @@ class Agent:
         self._stop_requested = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._restarts_seen = 0
+        self._regrouped_seen = 0
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a side task; the loop keeps only weak references, so we hold one until done."""
@@ -260,6 +262,12 @@ class Agent:
             for _ in range(status.restarts - self._restarts_seen):
                 self.metrics.engine_restarted()
             self._restarts_seen = status.restarts
+        # The worker counts from zero; a new worker (restart, activation) starts again.
+        regrouped = int(status.worker_stats.get("regrouped", 0))
+        if regrouped < self._regrouped_seen:
+            self._regrouped_seen = 0
+        self.metrics.engine_regrouped(regrouped - self._regrouped_seen)
+        self._regrouped_seen = regrouped
         if not self._stopping:
             self.notifier.status(self.status_line())
             self._announce(pressure=snapshot.level.label)
@@ -362,6 +370,7 @@ class Agent:
 
     async def start(self) -> None:
         asyncio.get_running_loop().set_exception_handler(handle_loop_exception)
+        limit_malloc_arenas(self.config.server.malloc_arena_max)
         self._built = self._build()
         await self._set_health(False)
         await self.pressure.start()

@@ -57,6 +57,8 @@ class ServerConfig:
     reflection: bool = False
     max_message_bytes: int = 4 * 1024 * 1024
     max_concurrent_streams: int = 256
+    # glibc malloc arenas of the daemon (edge_agent/_malloc.py); 0 leaves glibc's default.
+    malloc_arena_max: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +149,9 @@ def _parse_server(r: TableReader) -> ServerConfig:
         ),
         max_concurrent_streams=r.integer(
             "max_concurrent_streams", d.max_concurrent_streams, min_value=1
+        ),
+        malloc_arena_max=r.integer(
+            "malloc_arena_max", d.malloc_arena_max, min_value=0, max_value=1024
         ),
     )
     r.finish()

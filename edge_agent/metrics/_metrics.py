@@ -85,6 +85,11 @@ class Metrics:
         self._restarts = Counter(
             _P + "engine_restarts", "Times the engine worker was restarted.", registry=r
         )
+        self._regrouped = Counter(
+            _P + "engine_regrouped_requests",
+            "Running requests moved into a fresh lane's batch (a burst batched as one).",
+            registry=r,
+        )
         self._escalations = Counter(
             _P + "escalations", "Requests sent to the cloud instead of the box.", ["reason"],
             registry=r,
@@ -162,6 +167,10 @@ class Metrics:
 
     def engine_restarted(self) -> None:
         self._restarts.inc()
+
+    def engine_regrouped(self, requests: int) -> None:
+        if requests > 0:
+            self._regrouped.inc(requests)
 
     def escalated(self, reason: str) -> None:
         """A request went to the cloud; ``reason`` like ``pressure``, ``queue_full``."""

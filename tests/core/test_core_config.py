@@ -38,6 +38,7 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> Non
         ('[server]\ngrace_s = "soon"\n', "server.grace_s"),
         ('[server]\nlisten = ["nohost"]\n', "server.listen"),
         ("[server]\nlisten = []\n", "server.listen"),
+        ("[server]\nmalloc_arena_max = -1\n", "server.malloc_arena_max"),
         ('[engine]\nproviders = ["tpu"]\n', "engine.providers"),
         ("[engine]\nlanes = 0\n", "engine.lanes"),
         ("[engine]\nlanes = true\n", "engine.lanes"),
@@ -68,3 +69,11 @@ def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
         load_config(_write(tmp_path, "[server\n"))
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_malloc_arena_max_defaults_to_two_and_zero_leaves_glibc_alone(tmp_path: Path) -> None:
+    assert load_config(_write(tmp_path, "")).server.malloc_arena_max == 2
+    assert (
+        load_config(_write(tmp_path, "[server]\nmalloc_arena_max = 0\n")).server.malloc_arena_max
+        == 0
+    )

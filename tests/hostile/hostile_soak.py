@@ -26,10 +26,8 @@ from bundle_fixtures import Fleet, make_folder
 from daemon_harness import DEMO_MODEL, RunningAgent
 from hostile_common import MIB, NEVER, Tally, engine_idle, rss_bytes
 
-from edge_agent._operator_cli import OperatorTarget
 from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
 from edge_agent._proto.edge_agent.v1 import inference_pb2_grpc as pb_grpc
-from edge_agent.bundles._push_client import push_archive
 
 C = grpc.StatusCode
 CLIENTS = 64
@@ -105,15 +103,18 @@ class _Bundles:
         self.release = 0
 
     def push(self, tally: Tally) -> None:
+        # From a process of its own, as an operator's machine would: a client in the
+        # daemon's process would count its own buffers and threads as the daemon's RSS.
         self.release += 1
-        target = OperatorTarget(
-            f"unix:{self.running.agent.config.tls.admin_socket}", insecure=True, timeout_s=300
-        )
         archive = self.archives[self.release - 1]
-        outcome = push_archive(target, archive, progress=False, install_timeout_s=300)
+        socket = self.running.agent.config.tls.admin_socket
+        argv = [sys.executable, "-m", "edge_agent.cli", "bundle", "push", "--quiet"]
+        argv += ["--insecure", "--timeout", "300", "--target", f"unix:{socket}", str(archive)]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
         model = self.running.agent.engine.model
-        if outcome.outcome != "activated" or model.version != f"1.{self.release}.0":
-            tally.fail("wrong_status", f"bundle r{self.release}: {outcome.outcome}, {model}")
+        if proc.returncode != 0 or model.version != f"1.{self.release}.0":
+            outcome = (proc.stdout + proc.stderr).strip()[-300:]
+            tally.fail("wrong_status", f"bundle r{self.release}: {outcome}, {model}")
         tally.figures.setdefault("bundles_activated", []).append(model.version)
 
 

@@ -55,6 +55,7 @@ async def test_endpoint_families_present_and_values_moving(tmp_path: Path) -> No
             "edge_agent_time_to_first_token_seconds",
             "edge_agent_token_latency_seconds",
             "edge_agent_engine_restarts",
+            "edge_agent_engine_regrouped_requests",
             "edge_agent_escalations",
             "edge_agent_budget_used_tokens",
             "edge_agent_budget_used_usd",
@@ -79,6 +80,8 @@ async def test_endpoint_families_present_and_values_moving(tmp_path: Path) -> No
         metrics.request_finished("resource_exhausted", "local")
         metrics.request_finished("ok", "cloud", 5, 7, ttft_s=1.5, per_token_s=0.02)
         metrics.engine_restarted()
+        metrics.engine_regrouped(3)
+        metrics.engine_regrouped(0)
         metrics.escalated("pressure")
         metrics.set_budget(1234, 0.56)
         metrics.set_connectivity("online")
@@ -130,6 +133,7 @@ async def test_endpoint_families_present_and_values_moving(tmp_path: Path) -> No
         )  # fmt: skip
         assert value(samples, "edge_agent_token_latency_seconds_count", destination="cloud") == 1
         assert value(samples, "edge_agent_engine_restarts_total") == 1
+        assert value(samples, "edge_agent_engine_regrouped_requests_total") == 3
         assert value(samples, "edge_agent_escalations_total", reason="pressure") == 1
         assert value(samples, "edge_agent_budget_used_usd") == 0.56
         assert value(samples, "edge_agent_connectivity_state", state="offline") == 1
