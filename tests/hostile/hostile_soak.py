@@ -212,8 +212,8 @@ def run_soak(running: RunningAgent, tmp: Path, tally: Tally, seconds: float, see
     t0 = time.monotonic()
     sampler.start()
     load.start()
-    # Two activations belong to the warm-up: the first ones cost the daemon ~10 MiB each
-    # (imports, thread arenas; RELIABILITY.md), later ones 1-3 MiB.
+    # Two activations belong to the warm-up: the first ones cost the daemon a few MiB each
+    # (imports, its capped malloc arenas filling; RELIABILITY.md), later ones next to none.
     time.sleep(max(0.0, t0 + warm_s / 3 - time.monotonic()))
     bundles.push(tally)
     time.sleep(max(0.0, t0 + 2 * warm_s / 3 - time.monotonic()))
