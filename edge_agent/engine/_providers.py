@@ -47,11 +47,10 @@ def session_overlay(
     intra_op_threads: int, max_batch_size: int, thread_spinning: bool = True
 ) -> dict[str, Any]:
     """The genai_config overlay that applies the daemon's engine settings."""
-    # String-valued session options that genai does not know by name are passed to
-    # onnxruntime as session config entries.
-    # Spinning threads pick up the next operator at once (the faster decode); they stop
-    # when a step's Run() returns, so between steps and when idle the cores are free for
-    # the daemon (force_spinning_stop: measured same decode speed, idle CPU as without spin).
+    # String options genai does not know by name reach onnxruntime as session config
+    # entries. Spinning threads pick up the next operator at once (the faster decode);
+    # force_spinning_stop ends the spin when a step's Run() returns, so between steps and
+    # when idle the cores are the daemon's (measured: same decode, idle CPU as without spin).
     session: dict[str, Any] = {
         "session.intra_op.allow_spinning": "1" if thread_spinning else "0",
         "session.inter_op.allow_spinning": "1" if thread_spinning else "0",

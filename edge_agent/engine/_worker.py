@@ -90,14 +90,15 @@ class _Job:
             return self.tokens
         return np.concatenate([self.tokens, np.asarray(self.generated, dtype=np.int32)])
 
-    def regroupable(self, max_tokens: int) -> bool:
-        # A guided answer cannot move: the grammar's state would restart at the new turn.
+    def regroupable(self) -> bool:
+        # Its lane keeps token ids only up to engine.regroup_max_tokens: holding all of them
+        # is what makes an answer young enough to move. A guided answer cannot move: the
+        # grammar's state would restart at the new turn.
         return (
             not self.regrouped
             and not self.cancelled
             and not self.stops.stopped
             and not self.job["json_schema"]
-            and self.completion_tokens <= max_tokens
             and len(self.generated) == self.completion_tokens
             and self.completion_tokens < self.max_new
         )
@@ -165,11 +166,11 @@ class _EngineLane:
     def prompt_tokens(self) -> int:
         return sum(len(job.tokens) + len(job.generated) for job in self.jobs.values())
 
-    def regroupable(self, max_tokens: int) -> bool:
+    def regroupable(self) -> bool:
         return (
             self.stepping
             and bool(self.jobs)
-            and all(job.regroupable(max_tokens) for job in self.jobs.values())
+            and all(job.regroupable() for job in self.jobs.values())
         )
 
     def release(self) -> list[_Job]:
@@ -277,7 +278,7 @@ class _Worker:
             spec["provider_options"],
             self.intra_op_threads,
             int(spec["max_batch_size"]),
-            bool(spec.get("thread_spinning", True)),
+            bool(spec["thread_spinning"]),
         )
         self.model = loaded.model
         self.provider = loaded.provider
@@ -288,7 +289,7 @@ class _Worker:
         self.vocab_size = int(config["model"].get("vocab_size", 0))
         eos = config["model"].get("eos_token_id", [])
         self.eos = frozenset(eos if isinstance(eos, list) else [eos])
-        self.regroup_max_tokens = int(spec.get("regroup_max_tokens", 0))
+        self.regroup_max_tokens = int(spec["regroup_max_tokens"])
         self.lanes = [
             _EngineLane(og, self.model, 256, self.regroup_max_tokens)
             for _ in range(int(spec["lanes"]))
@@ -447,7 +448,7 @@ class _Worker:
             return
         budget = fresh.prompt_tokens()  # re-reading may at most double the fresh prefill
         for lane in self.lanes:
-            if lane is fresh or not lane.regroupable(self.regroup_max_tokens):
+            if lane is fresh or not lane.regroupable():
                 continue
             if len(lane.jobs) + len(fresh.jobs) > self.max_batch:
                 continue
