@@ -11,6 +11,8 @@ from edge_agent.engine._types import (
     Message,
     ModelIdentity,
     Started,
+    ToolCall,
+    ToolSpec,
 )
 
 __all__ = [
@@ -24,5 +26,7 @@ __all__ = [
     "Message",
     "ModelIdentity",
     "Started",
+    "ToolCall",
+    "ToolSpec",
     "identity_from_dir",
 ]

@@ -16,13 +16,41 @@ __all__ = [
     "Message",
     "ModelIdentity",
     "Started",
+    "ToolCall",
+    "ToolSpec",
 ]
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call the assistant made (OpenAI's tool_calls entry, type "function")."""
+
+    id: str
+    name: str
+    arguments: str  # JSON object text, as OpenAI carries it
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A function the model may call (OpenAI's tools entry, type "function")."""
+
+    name: str
+    description: str = ""
+    parameters_json: str = "{}"  # JSON Schema object text
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
+    """One chat turn. role is system, user, assistant or tool.
+
+    An assistant turn may carry tool_calls; a tool turn answers the call named by
+    tool_call_id with its content.
+    """
+
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +68,9 @@ class GenerationRequest:
     json_schema: str | None = None
     # Text the answer already has (a cloud stream cut mid-way): generation continues after it.
     assistant_prefix: str = ""
+    tools: tuple[ToolSpec, ...] = ()
+    # "auto", "none", "required", or a tool name the model must call.
+    tool_choice: str = "auto"
 
     def to_job(self) -> dict[str, Any]:
         return {
