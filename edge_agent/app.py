@@ -62,7 +62,8 @@ __all__ = ["Agent", "default_model_dir"]
 
 _log = logging.getLogger(__name__)
 
-# A worker that has not answered a ping for this long is wedged: let systemd restart us.
+# The supervisor kills a wedged worker after engine.liveness_timeout_s; if even that does not
+# bring a sign of life for this long, the daemon itself is stuck: let systemd restart us.
 _ENGINE_LIVENESS_S = 120.0
 
 
@@ -175,6 +176,7 @@ class Agent:
         self._built: BuiltServer | None = None
         self._started_at = time.monotonic()
         self._stopping = False
+        self._start_failure: str | None = None
         self._stop_requested = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._restarts_seen = 0
@@ -312,7 +314,9 @@ class Agent:
 
     def _engine_alive(self) -> bool:
         # A restarting engine is handled by the supervisor; a silent one is wedged.
-        return self.engine.state != "ready" or self.engine.last_pong_age_s < _ENGINE_LIVENESS_S
+        return (
+            self.engine.state != "ready" or self.engine.last_sign_of_life_age_s < _ENGINE_LIVENESS_S
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -420,7 +424,11 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2):
                     await self._built.health.enter_graceful_shutdown()
-        self.notifier.stopping("draining streams")
+        self.notifier.stopping(
+            "draining streams"
+            if self._start_failure is None
+            else f"stopping after a failed start: {self._start_failure}"
+        )
         if self._advertiser is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2):
@@ -451,7 +459,13 @@ class Agent:
         """Start, serve until :meth:`request_stop`, then stop gracefully."""
         try:
             await self.start()
-        except BaseException:
+        except BaseException as exc:
+            # Said where an operator looks first (systemctl status), not "draining streams".
+            self._start_failure = (
+                exc.message if isinstance(exc, EdgeAgentError) else type(exc).__name__
+            )
+            _log.error("start failed: %s", self._start_failure)
+            self.notifier.status(f"start failed: {self._start_failure}")
             await self.stop()
             raise
         await self.serve_started()

@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 
 import edge_agent
+from edge_agent._offline import disable_phone_home
 from edge_agent.client import ChatOptions, Client
 from edge_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, default_config, load_config
 from edge_agent.errors import EdgeAgentError
@@ -92,6 +93,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(
         f"  engine:    {status.engine.active_requests} active, "
         f"{status.engine.queued_requests} queued, restarts {status.engine.restarts}"
+        f" ({status.engine.wedged_restarts} wedged), last sign of life "
+        f"{status.engine.last_sign_of_life_age_s:.1f} s ago"
     )
     if status.pressure.level:
         print(f"  pressure:  {status.pressure.level} {' '.join(status.pressure.reasons)}")
@@ -173,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before anything imports onnxruntime: its built-in telemetry phones Microsoft otherwise.
+    disable_phone_home()
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)

@@ -83,6 +83,9 @@ class EngineConfig:
     restart_backoff_s: float = 0.5
     restart_backoff_max_s: float = 30.0
     ping_interval_s: float = 2.0
+    # A worker that answers no ping and uses no CPU for this long is killed and restarted
+    # (a long step keeps it busy, not silent: see engine/_liveness.py).
+    liveness_timeout_s: float = 10.0
     max_messages: int = 256
     max_message_chars: int = 64 * 1024
     max_stop_strings: int = 4
@@ -183,6 +186,7 @@ def _parse_engine(r: TableReader, base: Path) -> EngineConfig:
     if not providers:
         raise r.error("providers", "needs at least one provider")
     backoff = r.number("restart_backoff_s", d.restart_backoff_s, min_value=0.01, max_value=600)
+    ping_interval = r.number("ping_interval_s", d.ping_interval_s, min_value=0.05, max_value=60)
     cfg = EngineConfig(
         model_dir=r.optional_path("model_dir", base=base),
         providers=providers,
@@ -202,8 +206,12 @@ def _parse_engine(r: TableReader, base: Path) -> EngineConfig:
         restart_backoff_max_s=r.number(
             "restart_backoff_max_s", d.restart_backoff_max_s, min_value=backoff, max_value=3600
         ),
-        ping_interval_s=r.number(
-            "ping_interval_s", d.ping_interval_s, min_value=0.05, max_value=60
+        ping_interval_s=ping_interval,
+        liveness_timeout_s=r.number(
+            "liveness_timeout_s",
+            max(d.liveness_timeout_s, 3 * ping_interval),
+            min_value=2 * ping_interval,
+            max_value=3600,
         ),
         max_messages=r.integer("max_messages", d.max_messages, min_value=1, max_value=10_000),
         max_message_chars=r.integer(

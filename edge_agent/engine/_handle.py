@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from edge_agent._offline import offline_environment
 from edge_agent.engine._protocol import FrameReader, ProtocolError, frame
 from edge_agent.engine._types import EngineInfo
 
@@ -59,6 +60,8 @@ class WorkerHandle:
             [sys.executable, "-m", "edge_agent.engine._worker", str(theirs.fileno())],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
+            # Set before the interpreter starts, so before onnxruntime can load.
+            env=offline_environment(),
         )
         theirs.close()
         ours.setblocking(False)

@@ -20,6 +20,7 @@ from typing import Any
 
 from edge_agent.config import EngineConfig
 from edge_agent.engine._handle import WorkerHandle
+from edge_agent.engine._liveness import LivenessWatch
 from edge_agent.engine._types import (
     Delta,
     EngineInfo,
@@ -93,6 +94,8 @@ class EngineSupervisor:
         self._streams: dict[int, _Stream] = {}
         self._ids = itertools.count(1)
         self._restarts = 0
+        self._wedged = 0  # workers killed for answering nothing and computing nothing
+        self._watch: LivenessWatch | None = None
         self._backoff = config.restart_backoff_s
         self._started_at = 0.0
         self._restart_task: asyncio.Task[None] | None = None
@@ -121,6 +124,14 @@ class EngineSupervisor:
     def last_pong_age_s(self) -> float:
         return time.monotonic() - self._last_pong if self._last_pong else float("inf")
 
+    @property
+    def last_sign_of_life_age_s(self) -> float:
+        """Since the worker last answered a ping or was seen computing (a long step)."""
+        watch = self._watch
+        if watch is None or self._active is None or watch.pid != self._active.pid:
+            return self.last_pong_age_s
+        return min(self.last_pong_age_s, time.monotonic() - watch.last_sign)
+
     def status(self) -> EngineStatusView:
         info = self.info
         return EngineStatusView(
@@ -133,6 +144,8 @@ class EngineSupervisor:
             max_batch_size=info.max_batch_size if info else self._config.max_batch_size,
             context_length=info.context_length if info else 0,
             intra_op_threads=info.intra_op_threads if info else 0,
+            wedged_restarts=self._wedged,
+            last_sign_of_life_age_s=self.last_sign_of_life_age_s if self._active else 0.0,
             worker_stats=dict(self._stats),
         )
 
@@ -294,11 +307,32 @@ class EngineSupervisor:
                 fut.set_result(dict(message[2]))
 
     async def _ping_loop(self) -> None:
+        interval = self._config.ping_interval_s
         while True:
-            await asyncio.sleep(self._config.ping_interval_s)
-            if self._active is not None:
-                with contextlib.suppress(EngineUnavailable, TimeoutError):
-                    await self.probe(timeout_s=max(self._config.ping_interval_s * 5, 5.0))
+            await asyncio.sleep(interval)
+            handle = self._active
+            if handle is None or handle.pid is None:
+                continue
+            watch = self._watch
+            if watch is None or watch.pid != handle.pid:
+                watch = self._watch = LivenessWatch(handle.pid)
+            try:
+                await self.probe(timeout_s=interval)
+            except EngineUnavailable:
+                continue
+            except TimeoutError:
+                silent_s = watch.missed()
+                if silent_s >= self._config.liveness_timeout_s and handle is self._active:
+                    self._wedged += 1
+                    _log.error(
+                        "engine worker pid %s answered no ping and used no CPU for %.0f s; "
+                        "killing it so that it restarts",
+                        handle.pid,
+                        silent_s,
+                    )
+                    handle.kill()  # its exit fails its streams and starts the restart
+                continue
+            watch.answered()
 
     async def probe(self, timeout_s: float = 5.0) -> dict[str, Any]:
         """Round-trip to the active worker; returns its stats (active, waiting, pending...)."""

@@ -156,4 +156,6 @@ class EngineStatusView:
     max_batch_size: int
     context_length: int
     intra_op_threads: int = 0
+    wedged_restarts: int = 0
+    last_sign_of_life_age_s: float = 0.0
     worker_stats: dict[str, Any] = field(default_factory=dict)

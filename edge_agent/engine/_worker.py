@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.engine._cpus import resolve_intra_op_threads
+from edge_agent.engine._netseal import NetsealUnavailable, seal_network
 from edge_agent.engine._protocol import BlockingChannel
 from edge_agent.engine._providers import ModelLoadError, load_model
 from edge_agent.engine._stops import StopFilter
@@ -507,6 +508,36 @@ class _Worker:
                 self.conn.send(("step", out.started, out.deltas, out.done))
 
 
+def _lower_priority(nice: int) -> None:
+    """Be nicer than the daemon, so health checks and the watchdog win the CPU.
+
+    Raising one's own nice value needs no capability, but a seccomp filter may refuse the
+    call (systemd's @resources group): serving at the daemon's priority beats not serving.
+    """
+    if nice <= 0:
+        return
+    try:
+        os.nice(nice)
+    except OSError as exc:
+        logging.getLogger(__name__).warning(
+            "engine worker: cannot lower its priority by %d (%s); running at the daemon's",
+            nice,
+            exc.strerror or exc,
+        )
+
+
+def _seal_off_network() -> None:
+    """Before onnxruntime loads: no IP socket, so no telemetry can leave (engine/_netseal.py)."""
+    try:
+        seal_network()
+    except NetsealUnavailable as exc:
+        logging.getLogger(__name__).warning(
+            "engine worker: cannot seal itself off the network (%s); onnxruntime telemetry "
+            "stays off by environment only",
+            exc.strerror,
+        )
+
+
 def worker_main(conn: BlockingChannel) -> None:
     """Serve the daemon over ``conn``; the first message is ("spec", settings)."""
     # The daemon handles Ctrl-C and SIGTERM and shuts the worker down over the pipe.
@@ -517,8 +548,8 @@ def worker_main(conn: BlockingChannel) -> None:
     if first[0] != "spec":
         return
     spec: dict[str, Any] = first[1]
-    if int(spec.get("nice", 0)) > 0:
-        os.nice(int(spec["nice"]))
+    _lower_priority(int(spec.get("nice", 0)))
+    _seal_off_network()
     try:
         worker = _Worker(conn, spec)
     except ModelLoadError as exc:
@@ -539,4 +570,8 @@ def worker_main(conn: BlockingChannel) -> None:
 if __name__ == "__main__":
     import sys
 
+    from edge_agent._offline import disable_phone_home
+
+    # Also when started by hand: onnxruntime is imported lazily, after this.
+    disable_phone_home()
     worker_main(BlockingChannel(socket.socket(fileno=int(sys.argv[1]))))

@@ -86,6 +86,8 @@ def status_to_proto(view: StatusView) -> pb.GetStatusResponse:
             lanes=engine.lanes,
             max_batch_size=engine.max_batch_size,
             intra_op_threads=engine.intra_op_threads,
+            wedged_restarts=engine.wedged_restarts,
+            last_sign_of_life_age_s=engine.last_sign_of_life_age_s,
         ),
         uptime_s=view.uptime_s,
         tls_fingerprint_sha256=view.tls_fingerprint,

@@ -525,6 +525,8 @@ class EngineStatus(_message.Message):
     LANES_FIELD_NUMBER: _builtins.int
     MAX_BATCH_SIZE_FIELD_NUMBER: _builtins.int
     INTRA_OP_THREADS_FIELD_NUMBER: _builtins.int
+    WEDGED_RESTARTS_FIELD_NUMBER: _builtins.int
+    LAST_SIGN_OF_LIFE_AGE_S_FIELD_NUMBER: _builtins.int
     state: _builtins.str
     """"starting", "ready", "restarting", "stopped" """
     execution_provider: _builtins.str
@@ -535,6 +537,10 @@ class EngineStatus(_message.Message):
     max_batch_size: _builtins.int
     intra_op_threads: _builtins.int
     """onnxruntime intra-op threads the worker uses (0: not loaded)"""
+    wedged_restarts: _builtins.int
+    """Workers killed because they answered no ping and used no CPU (engine.liveness_timeout_s)."""
+    last_sign_of_life_age_s: _builtins.float
+    """Seconds since the worker last answered a ping (or showed it was computing)."""
     def __init__(
         self,
         *,
@@ -546,10 +552,12 @@ class EngineStatus(_message.Message):
         lanes: _builtins.int = ...,
         max_batch_size: _builtins.int = ...,
         intra_op_threads: _builtins.int = ...,
+        wedged_restarts: _builtins.int = ...,
+        last_sign_of_life_age_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_requests", b"active_requests", "execution_provider", b"execution_provider", "intra_op_threads", b"intra_op_threads", "lanes", b"lanes", "max_batch_size", b"max_batch_size", "queued_requests", b"queued_requests", "restarts", b"restarts", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_requests", b"active_requests", "execution_provider", b"execution_provider", "intra_op_threads", b"intra_op_threads", "lanes", b"lanes", "last_sign_of_life_age_s", b"last_sign_of_life_age_s", "max_batch_size", b"max_batch_size", "queued_requests", b"queued_requests", "restarts", b"restarts", "state", b"state", "wedged_restarts", b"wedged_restarts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
