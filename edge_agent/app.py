@@ -31,7 +31,12 @@ from edge_agent.chat import CallContext, ChatChunk, ChatSpec
 from edge_agent.cloud import ConnectivityMonitor, ConnectivitySnapshot, RouterClient
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.credentials import CredentialStore
-from edge_agent.discovery import Advertiser, BoxAnnouncement
+from edge_agent.discovery import (
+    Advertiser,
+    BoxAnnouncement,
+    advertised_endpoint,
+    local_addresses,
+)
 from edge_agent.engine import EngineSupervisor, identity_from_dir
 from edge_agent.errors import ConfigError, EdgeAgentError, Unavailable
 from edge_agent.inference import InferenceService
@@ -340,14 +345,36 @@ class Agent:
             extra_interceptors=[auth],
         )
 
+    def _bound_listen(self) -> list[str]:
+        """``server.listen`` with each TCP address's bound port (``:0`` resolved)."""
+        if self._built is None:
+            return []
+        return [
+            f"{a.rpartition(':')[0]}:{self._built.port_of(a)}"
+            for a in self.config.server.listen
+            if not a.startswith("unix:")
+        ]
+
     async def _advertise(self) -> None:
-        if not self.config.discovery.enabled or self.device_cert is None or not self.ports:
+        discovery = self.config.discovery
+        if not discovery.enabled or self.device_cert is None:
             return
+        local = await asyncio.to_thread(local_addresses)
+        endpoint = advertised_endpoint(self._bound_listen(), local, discovery.interfaces)
+        if endpoint is None:
+            # Advertising an address nobody can connect to would only mislead clients.
+            _log.info(
+                "mDNS: not advertising: the server listens on no LAN address (server.listen = %s)",
+                ", ".join(self.config.server.listen),
+            )
+            return
+        addresses, port = endpoint
         info = self.engine.info
         snapshot = self.pressure.snapshot
         self._advertiser = Advertiser(
-            self.config.discovery,
-            port=self.ports[0],
+            discovery,
+            port=port,
+            addresses=addresses,
             announcement=BoxAnnouncement(
                 fingerprint=self.device_cert.fingerprint,
                 device_id=self.device_id,
@@ -359,9 +386,12 @@ class Agent:
         )
         try:
             await self._advertiser.start()
-        except Exception:
+        except EdgeAgentError as exc:
             # mDNS is a convenience: a LAN without multicast must not stop the service.
-            _log.exception("mDNS advertisement failed; serving without it")
+            _log.warning("mDNS advertisement failed; serving without it: %s", exc.message)
+            self._advertiser = None
+        except Exception:
+            _log.exception("mDNS advertisement failed unexpectedly; serving without it")
             self._advertiser = None
 
     def _load_documents(self) -> None:
@@ -374,6 +404,11 @@ class Agent:
 
     async def start(self) -> None:
         asyncio.get_running_loop().set_exception_handler(handle_loop_exception)
+        if self.config.auth.allow_anonymous_loopback:
+            _log.warning(
+                "auth.allow_anonymous_loopback: every local user may chat over loopback without "
+                "a token (the demo's setting; an installed box should not use it)"
+            )
         limit_malloc_arenas(self.config.server.malloc_arena_max)
         self._built = self._build()
         await self._set_health(False)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from edge_agent._offline import disable_phone_home
 from edge_agent.client import ChatOptions, Client
 from edge_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, default_config, load_config
 from edge_agent.errors import EdgeAgentError
+from edge_agent.tls import DEFAULT_ADMIN_SOCKET
 
 __all__ = ["main"]
 
@@ -59,7 +61,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     )
     messages = [("system", args.system)] if args.system else []
     messages.append(("user", args.prompt))
-    with Client(args.target, token=args.token) as client:
+    with Client(_target(args), token=_token(args)) as client:
         final = None
         for chunk in client.chat(messages, options, timeout=args.timeout):
             sys.stdout.write(chunk.delta)
@@ -81,7 +83,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
 
-    with Client(args.target, token=args.token) as client:
+    with Client(_target(args), token=_token(args)) as client:
         status = client.status(timeout=args.timeout)
     data = MessageToDict(status, preserving_proto_field_name=True)
     if args.json:
@@ -134,9 +136,33 @@ def _add_domain_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", default=DEFAULT_TARGET, help="host:port of the daemon")
-    p.add_argument("--token", default=None, help="client bearer token")
+    p.add_argument(
+        "--target",
+        default=None,
+        help=f"host:port or unix:PATH of the daemon (default: the admin socket "
+        f"{DEFAULT_ADMIN_SOCKET} when this user may use it, else {DEFAULT_TARGET})",
+    )
+    p.add_argument(
+        "--token",
+        default=None,
+        help="client bearer token (default: $EDGE_AGENT_TOKEN; a token on the command line "
+        "is visible to other users in ps)",
+    )
     p.add_argument("--timeout", type=float, default=120.0)
+
+
+def _target(args: argparse.Namespace) -> str:
+    """On the box itself, root and the edge-agent group reach the daemon by its admin socket:
+    loopback TCP needs a token (any local user can reach it, see docs/SECURITY.md)."""
+    if args.target:
+        return str(args.target)
+    if args.token is None and os.access(DEFAULT_ADMIN_SOCKET, os.R_OK | os.W_OK):
+        return f"unix:{DEFAULT_ADMIN_SOCKET}"
+    return DEFAULT_TARGET
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    return args.token or os.environ.get("EDGE_AGENT_TOKEN") or None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -279,9 +279,11 @@ def _finished(parse: Any, reader: TableReader, **kwargs: Any) -> Any:
 
 
 def default_config(state_dir: Path, *, listen: tuple[str, ...] | None = None) -> AgentConfig:
-    """Defaults everywhere, state under ``state_dir`` (the demo and tests)."""
+    """Defaults everywhere, state under ``state_dir``, loopback open (the demo and tests)."""
     document: dict[str, Any] = {
-        "paths": {"state_dir": str(state_dir), "runtime_dir": str(state_dir / "run")}
+        "paths": {"state_dir": str(state_dir), "runtime_dir": str(state_dir / "run")},
+        # Open to every local user: fine for a demo on one's own machine, never for a box.
+        "auth": {"allow_anonymous_loopback": True},
     }
     if listen is not None:
         document["server"] = {"listen": list(listen)}

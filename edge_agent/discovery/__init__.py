@@ -1,6 +1,6 @@
 """mDNS discovery: advertise this box, find boxes, connect with the fingerprint pinned."""
 
-from edge_agent.discovery._advertiser import Advertiser, local_addresses
+from edge_agent.discovery._advertiser import Advertiser, advertised_endpoint, local_addresses
 from edge_agent.discovery._browser import (
     BoxBrowser,
     DiscoveredBox,
@@ -21,6 +21,7 @@ __all__ = [
     "DiscoveredBox",
     "DiscoveryConfig",
     "add_discover_command",
+    "advertised_endpoint",
     "discover",
     "discover_sync",
     "local_addresses",

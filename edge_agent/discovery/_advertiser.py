@@ -17,7 +17,7 @@ from edge_agent.discovery._config import DiscoveryConfig
 from edge_agent.discovery._txt import SERVICE_TYPE, BoxAnnouncement
 from edge_agent.errors import FailedPrecondition, Unavailable
 
-__all__ = ["Advertiser", "local_addresses"]
+__all__ = ["Advertiser", "advertised_endpoint", "local_addresses"]
 
 _log = logging.getLogger("edge_agent.discovery")
 
@@ -35,6 +35,41 @@ def local_addresses(interfaces: Sequence[str] = ()) -> list[str]:
             if not (addr.is_loopback or addr.is_link_local or addr.is_multicast):
                 found.append(str(addr))
     return list(dict.fromkeys(found))
+
+
+def advertised_endpoint(
+    listen: Sequence[str], local: Sequence[str], interfaces: Sequence[str] = ()
+) -> tuple[list[str], int] | None:
+    """The addresses and port to publish: only where the server really accepts connections.
+
+    ``listen`` is ``server.listen`` in gRPC's ``host:port`` form (bound ports); ``local`` the
+    host's own non-loopback addresses; ``interfaces`` the ``[discovery]`` restriction. A
+    wildcard listener (``0.0.0.0``, ``[::]``) stands for every local address of its family
+    (``[::]`` also accepts IPv4 on Linux's default dual stack). Loopback and Unix listeners
+    publish nothing, unless ``interfaces`` names that loopback address explicitly (a
+    single-host set-up, or a test). None when nothing is reachable.
+    """
+    wanted = {ipaddress.ip_address(a) for a in interfaces}
+    own = {ipaddress.ip_address(a) for a in local} | wanted
+    for address in listen:
+        if address.startswith("unix:"):
+            continue
+        host, _, port = address.rpartition(":")
+        try:
+            ip = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+        except ValueError:
+            continue  # a host name: which interface it binds is not ours to guess
+        if ip.is_unspecified:
+            reachable = [
+                a for a in own if not a.is_loopback and (ip.version == 6 or a.version == 4)
+            ]
+        else:
+            reachable = [ip] if ip in own else []
+        if wanted:
+            reachable = [a for a in reachable if a in wanted]
+        if reachable:
+            return sorted(str(a) for a in reachable), int(port)
+    return None
 
 
 def _ip_version(addresses: Sequence[str]) -> IPVersion:

@@ -16,6 +16,7 @@ from edge_agent.tls._ca import (
 )
 from edge_agent.tls._cli import add_tls_commands
 from edge_agent.tls._config import (
+    DEFAULT_ADMIN_SOCKET,
     AuthConfig,
     RateLimit,
     TlsConfig,
@@ -56,6 +57,7 @@ from edge_agent.tls._ratelimit import RateLimiter
 from edge_agent.tls._tokens import NewToken, TokenStore, hash_token, new_token
 
 __all__ = [
+    "DEFAULT_ADMIN_SOCKET",
     "ROLES",
     "ROLE_URI_PREFIX",
     "AuthConfig",

@@ -79,7 +79,9 @@ class RateLimit:
 class AuthConfig:
     """Who may call: tokens, anonymous loopback, per-role rate limits, revoked certificates."""
 
-    allow_anonymous_loopback: bool = True
+    # Loopback is no trust boundary on a shared box: every local user reaches it. The demo
+    # (default_config) opens it; an installed box wants a token or the admin socket.
+    allow_anonymous_loopback: bool = False
     # Operator rights normally need mTLS; tokens with role operator only when this is true.
     allow_operator_tokens: bool = False
     tokens: tuple[TokenEntry, ...] = ()
@@ -148,7 +150,7 @@ def parse_auth_config(reader: TableReader) -> AuthConfig:
     }
     limits.finish()
     config = AuthConfig(
-        allow_anonymous_loopback=reader.boolean("allow_anonymous_loopback", True),
+        allow_anonymous_loopback=reader.boolean("allow_anonymous_loopback", False),
         allow_operator_tokens=allow_operator_tokens,
         tokens=tokens,
         revoked_cert_serials=frozenset(serials),

@@ -31,6 +31,8 @@ def _serve(tmp_path: Path, grace_s: float) -> tuple[subprocess.Popen[bytes], str
         f'[server]\nlisten = ["127.0.0.1:{port}"]\ngrace_s = {grace_s}\n'
         f'[engine]\nmodel_dir = "{DEMO_MODEL}"\n'
         "[metrics]\nport = 0\n"
+        # These tests are about stopping, not auth: open loopback as the demo does.
+        "[auth]\nallow_anonymous_loopback = true\n"
     )
     # A file, not a pipe: a chatty daemon must never block on a full pipe nobody reads.
     log = (tmp_path / "daemon.log").open("wb")
