@@ -1,4 +1,4 @@
-"""The HTTP endpoint Prometheus scrapes, on its own thread (prometheus_client's WSGI server).
+"""The HTTP endpoint Prometheus scrapes, on its own thread (prometheus_client's WSGI app).
 
 Scrapes never touch the event loop: state families read immutable snapshots by reference.
 """
@@ -6,11 +6,15 @@ Scrapes never touch the event loop: state families read immutable snapshots by r
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
+import socketserver
 import threading
-from wsgiref.simple_server import WSGIServer
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import start_http_server
+from prometheus_client import make_wsgi_app
 
 from edge_agent.errors import ConfigError
 from edge_agent.metrics._metrics import Metrics
@@ -18,6 +22,34 @@ from edge_agent.metrics._metrics import Metrics
 __all__ = ["MetricsServer"]
 
 _log = logging.getLogger(__name__)
+
+
+class _MetricsHTTPServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        # http.server's own server_bind asks socket.getfqdn(host): a reverse DNS query at
+        # every start, which leaves the box (air-gapped or not) when the address has no
+        # /etc/hosts entry. The WSGI environ only needs a name, the address will do.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+        self.setup_environ()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not worth a log line each."""
+
+
+def _serve(address: str, port: int, app: Any) -> tuple[WSGIServer, threading.Thread]:
+    v6 = address != "localhost" and ipaddress.ip_address(address).version == 6
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    server_class = type("MetricsHTTPServer", (_MetricsHTTPServer,), {"address_family": family})
+    server: WSGIServer = make_server(address, port, app, server_class, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+    return server, thread
 
 
 class MetricsServer:
@@ -46,8 +78,8 @@ class MetricsServer:
         if self._server is not None:
             return
         try:
-            server, thread = start_http_server(
-                self._port, addr=self._address, registry=self._metrics.registry
+            server, thread = _serve(
+                self._address, self._port, make_wsgi_app(self._metrics.registry)
             )
         except OSError as exc:
             raise ConfigError(

@@ -294,7 +294,10 @@ def test_unix_peer_is_admin_and_anonymous_lan_is_nobody(pki: Pki) -> None:
     admin = authn.authenticate(peer="unix:/run/edge-agent/admin.sock", auth_context={}, metadata=())
     assert admin == Identity("local-admin", "admin", "unix")
     assert authn.authenticate(peer="ipv4:192.0.2.7:1", auth_context={}, metadata=()) is None
-    anon = authn.authenticate(peer="ipv4:127.0.0.1:1", auth_context={}, metadata=())
+    # Loopback is no trust boundary by default: any local user reaches it.
+    assert authn.authenticate(peer="ipv4:127.0.0.1:1", auth_context={}, metadata=()) is None
+    demo = Authenticator.from_config(pki.tls, AuthConfig(allow_anonymous_loopback=True))
+    anon = demo.authenticate(peer="ipv4:127.0.0.1:1", auth_context={}, metadata=())
     assert anon is not None
     assert anon.role == "client"
 
