@@ -35,6 +35,7 @@ from edge_agent._doctor_checks import (
     check_unit,
     default_not_before,
 )
+from edge_agent._doctor_service import check_service
 from edge_agent.errors import EdgeAgentError
 
 __all__ = [
@@ -160,6 +161,7 @@ def run_doctor(
             ),
         ),
         ("systemd unit", lambda: check_unit(inputs.unit_paths, inputs.dropin_dirs)),
+        ("service", check_service),
     ]
     return DoctorReport(tuple(_guarded(name, fn) for name, fn in checks if name not in skip))
 

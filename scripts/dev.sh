@@ -26,6 +26,15 @@ case "$cmd" in
     exec "$VENV/bin/edge-agent" serve --demo "$@"
     ;;
   test)
+    # The appliance tests boot Debian in systemd-nspawn (tests/appliance): as root on a
+    # Debian machine, install what they need; elsewhere they say why they cannot run.
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+        && ! { command -v systemd-nspawn && command -v debootstrap; } >/dev/null; then
+      echo "dev.sh: installing systemd-container and debootstrap for tests/appliance" >&2
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get install -y -q systemd-container debootstrap >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && apt-get install -y -q systemd-container debootstrap >/dev/null; }
+    fi
     "$VENV/bin/python" scripts/gen_protos.py --check
     "$VENV/bin/ruff" check edge_agent tests scripts
     "$VENV/bin/ruff" format --check edge_agent tests scripts

@@ -10,7 +10,7 @@ import pwd
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -27,6 +27,7 @@ from edge_agent._doctor_checks import (
     check_state_dir,
     check_unit,
 )
+from edge_agent._doctor_service import check_service
 from edge_agent.config import parse_config
 from edge_agent.doctor import (
     DoctorInputs,
@@ -310,6 +311,7 @@ def test_healthy_box_passes(tmp_path: Path) -> None:
         "pressure",
         "router",
         "systemd unit",
+        "service",
     ]
     assert report.exit_code == 0, format_report(report)
     table = format_report(report)
@@ -402,3 +404,51 @@ def test_report_lookup() -> None:
     with pytest.raises(KeyError):
         DoctorReport().result("nothing")
     assert DoctorReport().exit_code == 0
+
+
+# -- the running service (the real systemd is in test_appliance_systemd.py) --------------
+
+
+def _systemctl(props: dict[str, str], journal: str = "") -> Callable[[Sequence[str]], str]:
+    def run(cmd: Sequence[str]) -> str:
+        if cmd[0] == "systemctl":
+            return "".join(f"{k}={v}\n" for k, v in props.items())
+        assert cmd[0] == "journalctl" and "err" in cmd
+        return journal
+
+    return run
+
+
+def test_service_dead_after_failed_starts_fails_with_the_reason(tmp_path: Path) -> None:
+    run = _systemctl(
+        {
+            "LoadState": "loaded",
+            "ActiveState": "failed",
+            "SubState": "failed",
+            "Result": "exit-code",
+            "NRestarts": "5",
+            "StatusText": "stopping after a failed start: the model did not load",
+        },
+        journal="edge-agent[99]: ERROR edge_agent.app: start failed: the model did not load\n",
+    )
+    result = check_service(run=run, systemd_dir=tmp_path)
+    assert result.status is Status.FAIL
+    assert "last start: exit-code" in result.detail
+    assert "the model did not load" in result.detail
+    assert "journalctl -u edge-agent.service" in result.fix
+
+
+def test_service_active_passes_and_no_systemd_warns(tmp_path: Path) -> None:
+    props = {"LoadState": "loaded", "ActiveState": "active", "SubState": "running"}
+    result = check_service(run=_systemctl({**props, "NRestarts": "0"}), systemd_dir=tmp_path)
+    assert result.status is Status.OK
+    assert "active (running)" in result.detail
+    missing = check_service(run=_systemctl(props), systemd_dir=tmp_path / "absent")
+    assert missing.status is Status.WARN
+    assert "not running here" in missing.detail
+    stopped = check_service(
+        run=_systemctl({"LoadState": "loaded", "ActiveState": "inactive", "Result": "success"}),
+        systemd_dir=tmp_path,
+    )
+    assert stopped.status is Status.WARN
+    assert stopped.fix == "systemctl start edge-agent.service"

@@ -102,6 +102,12 @@ def test_installed_service_on_real_systemd(box: Box, deb: Path) -> None:
         status_text = _show(box, "StatusText")
         assert "engine ready" in status_text, status_text
 
+        doctor = box.run(
+            ["edge-agent", "doctor", "--config", "/etc/edge-agent/agent.toml"], check=False
+        )
+        service_line = next(ln for ln in doctor.stdout.splitlines() if " service " in ln)
+        assert service_line.startswith("OK") and "active (running)" in service_line, doctor.stdout
+
         # On the box: root reaches the daemon by its admin socket; the answer streams.
         assert ": ready" in _status(box), box.journal()
         chat = box.run(["edge-agent", "chat", "Say hello.", "--max-tokens", "8", "-v"])
