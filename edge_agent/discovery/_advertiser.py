@@ -60,8 +60,11 @@ def advertised_endpoint(
         except ValueError:
             continue  # a host name: which interface it binds is not ours to guess
         if ip.is_unspecified:
+            # Only the host's real addresses: [discovery] interfaces filters them below.
             reachable = [
-                a for a in own if not a.is_loopback and (ip.version == 6 or a.version == 4)
+                a
+                for a in map(ipaddress.ip_address, local)
+                if not a.is_loopback and (ip.version == 6 or a.version == 4)
             ]
         else:
             reachable = [ip] if ip in own else []

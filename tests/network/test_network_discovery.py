@@ -15,6 +15,7 @@ from edge_agent.discovery import (
     BoxBrowser,
     DiscoveredBox,
     DiscoveryConfig,
+    advertised_endpoint,
     discover,
     parse_discovery_config,
     pinned_credentials_for,
@@ -150,3 +151,38 @@ def test_discovery_config() -> None:
         )
     with pytest.raises(ConfigError, match="unknown key"):
         parse_discovery_config(TableReader({"enable": True}, source="agent.toml"))
+
+
+# -- what is advertised: only where the server really listens ----------------------------
+
+
+LAN = ["192.0.2.10", "2001:db8::10"]
+
+
+@pytest.mark.parametrize(
+    ("listen", "interfaces", "expected"),
+    [
+        # Loopback or Unix only: nothing a LAN client could connect to.
+        (["127.0.0.1:50051"], (), None),
+        (["[::1]:50051", "unix:/run/edge-agent/admin.sock"], (), None),
+        # A wildcard stands for every local address of its family ([::] is dual-stack).
+        (["0.0.0.0:50051"], (), (["192.0.2.10"], 50051)),
+        (["[::]:50051"], (), (["192.0.2.10", "2001:db8::10"], 50051)),
+        # A specific address is published only if the host has it.
+        (["192.0.2.10:7000"], (), (["192.0.2.10"], 7000)),
+        (["198.51.100.9:7000"], (), None),
+        # The first reachable listener wins; loopback before it is skipped.
+        (["127.0.0.1:50051", "192.0.2.10:50060"], (), (["192.0.2.10"], 50060)),
+        # [discovery] interfaces restricts what a wildcard publishes.
+        (["0.0.0.0:50051"], ("192.0.2.10",), (["192.0.2.10"], 50051)),
+        (["0.0.0.0:50051"], ("198.51.100.9",), None),
+        # Naming a loopback address explicitly is a deliberate single-host set-up.
+        (["127.0.0.1:50051"], ("127.0.0.1",), (["127.0.0.1"], 50051)),
+        # A host name: which interface it binds is unknown, so nothing is claimed.
+        (["box7.example:50051"], (), None),
+    ],
+)
+def test_advertised_endpoint_matches_the_listeners(
+    listen: list[str], interfaces: tuple[str, ...], expected: tuple[list[str], int] | None
+) -> None:
+    assert advertised_endpoint(listen, LAN, interfaces) == expected
