@@ -43,7 +43,8 @@ def check_service(
         detail = f"active ({sub}), {restarts} restart(s) by systemd"
         return CheckResult("service", Status.OK, f"{detail}; {status}" if status else detail)
     journal = f"journalctl -u {unit} -b --no-pager -n 50"
-    if active in ("activating", "reloading", "deactivating"):
+    # "activating (auto-restart)" is a crash loop between two failed starts, not progress.
+    if active in ("activating", "reloading", "deactivating") and sub != "auto-restart":
         return CheckResult("service", Status.WARN, f"{active} ({sub})", f"wait, or see {journal}")
     last_error = run(
         ["journalctl", "-u", unit, "-b", "-p", "err", "-n", "1", "--no-pager", "-o", "cat"]

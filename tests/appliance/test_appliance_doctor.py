@@ -438,6 +438,13 @@ def test_service_dead_after_failed_starts_fails_with_the_reason(tmp_path: Path) 
     assert "journalctl -u edge-agent.service" in result.fix
 
 
+def test_service_in_a_restart_loop_fails(tmp_path: Path) -> None:
+    props = {"LoadState": "loaded", "ActiveState": "activating", "SubState": "auto-restart"}
+    result = check_service(run=_systemctl({**props, "Result": "exit-code"}), systemd_dir=tmp_path)
+    assert result.status is Status.FAIL
+    assert "last start: exit-code" in result.detail
+
+
 def test_service_active_passes_and_no_systemd_warns(tmp_path: Path) -> None:
     props = {"LoadState": "loaded", "ActiveState": "active", "SubState": "running"}
     result = check_service(run=_systemctl({**props, "NRestarts": "0"}), systemd_dir=tmp_path)

@@ -27,6 +27,9 @@ from sealed_net import GATEWAY, SealedNet
 REPO = Path(__file__).resolve().parents[2]
 FAST_COMPRESSION = ("--compression", "zstd", "--level", "1")  # releases use xz
 LOOPBACK = "127.0.0.1:50051"
+# --offline: the router check would rightly try the network (the box is not air-gapped); the
+# sink below is there for the daemon.
+DOCTOR = ("edge-agent", "doctor", "--offline", "--config")
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -102,9 +105,7 @@ def test_installed_service_on_real_systemd(box: Box, deb: Path) -> None:
         status_text = _show(box, "StatusText")
         assert "engine ready" in status_text, status_text
 
-        doctor = box.run(
-            ["edge-agent", "doctor", "--config", "/etc/edge-agent/agent.toml"], check=False
-        )
+        doctor = box.run([*DOCTOR, "/etc/edge-agent/agent.toml"], check=False)
         service_line = next(ln for ln in doctor.stdout.splitlines() if " service " in ln)
         assert service_line.startswith("OK") and "active (running)" in service_line, doctor.stdout
 
@@ -152,6 +153,31 @@ def test_installed_service_on_real_systemd(box: Box, deb: Path) -> None:
         )
         assert box.main_pid() != main
         assert ": ready" in _status(box)
+
+        # A start that fails is loud: apt fails and says where to look; doctor names the cause.
+        config = box.root / "etc/edge-agent/agent.toml"
+        good = config.read_text()
+        config.write_text(good.replace("/opt/edge-agent/share/models/demo", "/opt/no-such-model"))
+        broken = box.run(
+            ["apt-get", "install", "--reinstall", "-y", "-q", "/root/edge-agent.deb"],
+            timeout=300,
+            check=False,
+        )
+        assert broken.returncode != 0
+        said = broken.stdout + broken.stderr  # apt relays the maintainer script's output
+        assert "the service did not start" in said, said
+        assert "journalctl -u edge-agent.service" in said
+        doctor = box.run([*DOCTOR, "/etc/edge-agent/agent.toml"], check=False)
+        assert doctor.returncode != 0
+        service_line = next(ln for ln in doctor.stdout.splitlines() if " service " in ln)
+        assert service_line.startswith("FAIL") and "failed start" in service_line, doctor.stdout
+        config.write_text(good)
+        box.run(["systemctl", "reset-failed", "edge-agent"], check=False)
+        box.run(["dpkg", "--configure", "-a"], timeout=300)
+        assert (
+            box.run(["systemctl", "is-active", "edge-agent"], check=False).stdout.strip()
+            == "active"
+        )
 
         # A clean stop: exit status 0 within the unit's stop timeout.
         box.run(["systemctl", "stop", "edge-agent"], timeout=60)
