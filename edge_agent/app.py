@@ -22,6 +22,7 @@ from typing import Any
 from grpc_health.v1 import health_pb2
 
 import edge_agent
+from edge_agent._egress import set_air_gap
 from edge_agent._fleetkeys import FleetKeyring
 from edge_agent._malloc import limit_malloc_arenas
 from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
@@ -221,6 +222,7 @@ class Agent:
     def _apply_air_gap(self) -> None:
         """Follow the effective policy's air gap: no outbound socket while it is set."""
         air_gapped = self.router.effective_policy().air_gapped
+        set_air_gap(self, air_gapped and not self._stopping)
         self._spawn(self.cloud.set_air_gapped(air_gapped))
 
     def _on_connectivity(self, snapshot: ConnectivitySnapshot) -> None:
@@ -485,6 +487,7 @@ class Agent:
         self.audit.close()
         self.ledger.close()
         self.notifier.close()
+        set_air_gap(self, False)  # this agent's hold only: others in the process keep theirs
         _log.info("stopped")
 
     def request_stop(self) -> None:
@@ -525,6 +528,7 @@ class Agent:
             if new is not None:
                 logging.getLogger().setLevel(new.logging.level)
                 self.router.set_overrides(new.policy.overrides)
+                self._apply_air_gap()  # [policy] air_gapped may have changed
                 fixed = [
                     f.name
                     for f in dataclasses.fields(new)

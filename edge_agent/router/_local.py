@@ -143,7 +143,8 @@ def merge_policy(
     (there is nothing to authenticate with), whatever the documents say.
     """
     if signed is None:
-        return EffectivePolicy.local_only()
+        # Nothing leaves anyway; the local air gap still shows (status, the daemon's guard).
+        return dataclasses.replace(EffectivePolicy.local_only(), air_gapped=local.air_gapped)
     models = dict(signed.models)
     if local.allowed_models is not None:
         models = {m: p for m, p in models.items() if m in local.allowed_models}
