@@ -111,13 +111,31 @@ class Box:
         return int(out.strip() or 0)
 
 
-def _leader(nspawn: subprocess.Popen[bytes]) -> int | None:
-    children = Path(f"/proc/{nspawn.pid}/task/{nspawn.pid}/children")
+def _children(pid: int) -> list[int]:
     try:
-        pids = children.read_text().split()
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
-        return None
-    return int(pids[0]) if pids else None
+        return []
+
+
+def _leader(nspawn: subprocess.Popen[bytes]) -> int | None:
+    """The container's init: the descendant of nspawn that is PID 1 in its own namespace.
+
+    nspawn's first child is an intermediate process; under load it can be seen before the
+    real init exists, so look for ``NSpid: <host pid> 1``.
+    """
+    todo = _children(nspawn.pid)
+    while todo:
+        pid = todo.pop()
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        nspid = next((ln.split()[1:] for ln in status.splitlines() if ln.startswith("NSpid:")), [])
+        if len(nspid) > 1 and nspid[-1] == "1":
+            return pid
+        todo.extend(_children(pid))
+    return None
 
 
 @contextmanager
