@@ -13,7 +13,7 @@ from typing import Literal
 
 from edge_agent.errors import InvalidArgument
 
-__all__ = ["ChatMessage", "CloudChatRequest", "Source", "StreamChunk", "Usage"]
+__all__ = ["ChatMessage", "CloudAttempt", "CloudChatRequest", "Source", "StreamChunk", "Usage"]
 
 Source = Literal["local", "cloud"]
 
@@ -97,3 +97,25 @@ class CloudChatRequest:
             raise InvalidArgument("top_p", "must be in (0, 1]")
         if len(self.stop) > 4:
             raise InvalidArgument("stop", "at most 4 stop strings")
+
+
+@dataclass(slots=True)
+class CloudAttempt:
+    """What one chat request did on the wire; ``stream_chat`` fills it in as it goes.
+
+    ``sent``: the request may have reached the router (bytes may have been written; only a
+    failure to connect proves they were not). ``status``: the HTTP status the router
+    answered, None when it never answered. ``accepted``: a 200 event stream began, so a
+    provider took the request and may bill it even if we stop reading.
+    """
+
+    sent: bool = False
+    status: int | None = None
+    accepted: bool = False
+    provider: str | None = None
+    error_kind: str | None = None
+
+    @property
+    def may_be_billed(self) -> bool:
+        """Whether a provider may charge for it: sent, and not refused with an error status."""
+        return self.sent and (self.status is None or self.accepted)
