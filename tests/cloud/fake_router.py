@@ -143,6 +143,12 @@ class FakeRouter:
         with self._lock:
             self._chat.extend(behaviours)
 
+    def reset(self) -> None:
+        """Forget queued behaviours (the next requests get the default answers)."""
+        with self._lock:
+            self._chat.clear()
+            self._models.clear()
+
     def on_models(self, *behaviours: Behaviour) -> None:
         with self._lock:
             self._models.extend(behaviours)
