@@ -16,7 +16,7 @@ from dataclasses import dataclass
 __all__ = ["LocalPace", "PaceEstimate"]
 
 _WEIGHT = 0.2  # each new answer moves the means by a fifth: a few answers adapt, one outlier not
-_RESERVE_S = 0.25  # scheduling, the gRPC hop, the local model's own variance
+_RESERVE_S = 0.5  # scheduling, the gRPC hop, a busy CPU, the local model's own variance
 _RESERVE_SHARE = 0.25
 
 
