@@ -217,7 +217,6 @@ def test_whatever_the_router_does_the_deadline_budget_and_audit_hold(
     assert final.usage.completion_tokens > 0
     record = _settled(box, seq)
     reached = len(router.chat_requests()) - sent
-    print("DBG", deadline, delay, point, round(took, 2), final.provenance.decision_reason, [(a["destination"], a["outcome"], a["usage"]) for a in record.attempt_list()])
     # The audit record matches what the router saw.
     assert reached in (0, 1)
     assert record.left_box == reached
