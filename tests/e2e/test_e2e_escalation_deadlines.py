@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -128,29 +129,45 @@ def test_a_deadline_too_short_for_cloud_and_local_is_served_locally_at_once(
     assert [a["destination"] for a in record.attempt_list()] == ["local"]
 
 
-def test_a_cancelled_call_leaves_no_reservation_open_after_a_clean_stop(
+def _chat_call(channel: grpc.Channel, timeout: float, max_tokens: int, text: str) -> object:
+    return pb_grpc.InferenceStub(channel).Chat(
+        pb.ChatRequest(
+            messages=[pb.ChatMessage(role="user", content=text)],
+            max_tokens=max_tokens,
+            data_class=pb.DATA_CLASS_PUBLIC,
+            route=pb.ROUTE_PREFERENCE_LARGE_MODEL,
+        ),
+        timeout=timeout,
+    )
+
+
+def test_cancelled_and_deadline_aborted_calls_leave_no_reservation_after_a_clean_stop(
     tmp_path: Path, router: FakeRouter
 ) -> None:
+    # The leak of the first release: the ledger release ran in ``asyncio.to_thread`` in a
+    # ``finally`` while gRPC cancelled the handler at the deadline; a cancel that came
+    # before the executor started the job dropped it, and the reservation stayed open.
     config = box_config(tmp_path, router)
     running, thread = start_agent(config)
     try:
         running.call(running.agent.connectivity.probe_now())
+        context = running.agent.inference.context_length()
         for behaviour in (Reply(after=0, then="hang"), Hang(), Reply(after=2, then="hang")):
             router.on_chat(behaviour)
             with grpc.insecure_channel(running.target) as channel:
-                call = pb_grpc.InferenceStub(channel).Chat(
-                    pb.ChatRequest(
-                        messages=[pb.ChatMessage(role="user", content="Hello?")],
-                        max_tokens=16,
-                        data_class=pb.DATA_CLASS_PUBLIC,
-                        route=pb.ROUTE_PREFERENCE_LARGE_MODEL,
-                    ),
-                    timeout=30,
-                )
+                call: Any = _chat_call(channel, 30, 16, "Hello?")
                 threading.Timer(0.5, call.cancel).start()
                 with pytest.raises(grpc.RpcError) as raised:
                     list(call)
                 assert raised.value.code() == grpc.StatusCode.CANCELLED
+        # Too long for the box (a hard need): the cloud has the whole deadline, and misses it.
+        for _ in range(3):
+            router.on_chat(Reply(after=0, then="hang"))
+            with grpc.insecure_channel(running.target) as channel:
+                call = _chat_call(channel, 1.0, context - 1, "Hello? " * 40)
+                with pytest.raises(grpc.RpcError) as raised:
+                    list(call)
+                assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     finally:
         stop_agent(running, thread)
     # Read the files after the daemon is gone: nothing may be left for a later cleanup.
@@ -158,9 +175,11 @@ def test_a_cancelled_call_leaves_no_reservation_open_after_a_clean_stop(
     audit = AuditLog(config.audit.path)
     try:
         assert ledger.usage(datetime.now(UTC)).reserved == 0
-        records = audit.tail(3)
-        assert [r.destination for r in records] == ["cloud"] * 3
-        assert [r.attempt_list()[0]["outcome"] for r in records] == ["cancelled"] * 3
+        records = audit.tail(6)
+        assert [r.destination for r in records] == ["cloud"] * 6
+        outcomes = [r.attempt_list()[0]["outcome"] for r in records]
+        assert outcomes[:3] == ["cancelled"] * 3
+        assert set(outcomes[3:]) <= {"deadline", "timeout"}, outcomes
         assert all(r.cost_usd > 0 for r in records)  # accepted or unanswered: worst case
     finally:
         ledger.close()
