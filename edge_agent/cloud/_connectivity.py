@@ -279,7 +279,9 @@ class ConnectivityMonitor:
         if breaker is BreakerState.HALF_OPEN:
             return Connectivity.DEGRADED, "recovering"
         if self._breaker.consecutive_failures:
-            return Connectivity.DEGRADED, "recent_failures"
+            # A 429 without Retry-After is still the router's word, not a broken uplink.
+            limited = self._last_kind == "rate_limited"
+            return Connectivity.DEGRADED, "rate_limited" if limited else "recent_failures"
         if self._last_latency is not None and self._last_latency > self._config.degraded_latency_ms:
             return Connectivity.DEGRADED, "slow"
         return Connectivity.ONLINE, "ok"

@@ -312,3 +312,23 @@ def test_the_provider_choice_respects_capabilities_and_the_selection_policy() ->
         )
         == "mid"
     )
+
+
+async def test_a_429_without_retry_after_says_rate_limited_not_a_broken_uplink(
+    router: FakeRouter, make_client: MakeClient
+) -> None:
+    client = make_client()
+    monitor = ConnectivityMonitor(client)
+    await monitor.probe_now()
+    router.on_chat(Status(429))
+    stream = client.stream_chat(REQUEST)
+    async with aclosing(stream):
+        with pytest.raises(CloudRateLimited):
+            async for _ in stream:
+                pass
+    snap = monitor.snapshot()
+    assert (snap.state, snap.reason, snap.last_failure_kind) == (
+        Connectivity.DEGRADED,
+        "rate_limited",
+        "rate_limited",
+    )

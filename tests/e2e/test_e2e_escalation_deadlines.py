@@ -28,8 +28,24 @@ from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
 from edge_agent._proto.edge_agent.v1 import inference_pb2_grpc as pb_grpc
 from edge_agent.audit import AuditLog, AuditRecord
 from edge_agent.client import ChatChunk, ChatOptions, Client, DataClass, RoutePreference
-from edge_agent.router import MIN_CLOUD_WINDOW_S, BudgetLedger
+from edge_agent.router import (
+    MIN_CLOUD_WINDOW_S,
+    BudgetLedger,
+    Budgets,
+    ClientRule,
+    EffectivePolicy,
+    ModelPrice,
+)
 
+_ANY_SPEND = EffectivePolicy(
+    version=1,
+    escalation=True,
+    max_cloud_class="public",
+    budgets=Budgets(10**9, 10**9, 1e6, 1e6),
+    models={"m": ModelPrice(1.0, 1.0)},
+    default_model="m",
+    clients={"*": ClientRule(True, "public", 1.0)},
+)
 _OPTS = ChatOptions(max_tokens=16, data_class=DataClass.PUBLIC, route=RoutePreference.LARGE_MODEL)
 
 
@@ -246,3 +262,20 @@ def test_whatever_the_router_does_the_deadline_budget_and_audit_hold(
     assert record.tokens_out == sum(leg["tokens_out"] for leg in legs)
     assert record.cost_usd == pytest.approx(sum(leg["cost_usd"] for leg in legs))
     assert _reserved(box) == 0
+
+
+def test_a_reservation_left_by_a_crash_is_settled_at_worst_case_when_the_daemon_starts(
+    tmp_path: Path, router: FakeRouter
+) -> None:
+    config = box_config(tmp_path, router)
+    ledger = BudgetLedger(config.policy.budget_db)
+    # What a daemon killed mid-call leaves: a reservation nobody will settle.
+    ledger.reserve(_ANY_SPEND, client_id="anonymous", tokens=1234, usd=0.01, now=datetime.now(UTC))
+    assert ledger.usage(datetime.now(UTC)).reserved == 1
+    ledger.close()
+    running, thread = start_agent(config)
+    try:
+        usage = running.agent.ledger.usage(datetime.now(UTC))
+        assert (usage.reserved, usage.day_tokens) == (0, 1234)  # kept at its worst case
+    finally:
+        stop_agent(running, thread)
