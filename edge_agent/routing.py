@@ -59,6 +59,7 @@ from edge_agent.inference import InferenceService, estimate_prompt_tokens
 from edge_agent.metrics import Metrics
 from edge_agent.pressure import AdmissionController, PressureMonitor
 from edge_agent.router import (
+    LOCAL_CAN_ANSWER,
     BudgetLedger,
     BudgetView,
     Decision,
@@ -95,10 +96,8 @@ _ROUTES = {
 _CLOUD_DEFAULT_MAX_TOKENS = 1024
 # A rough per-request hold time for the queue-wait estimate; admission measures the real one.
 _QUEUE_SECONDS_PER_WAITER = 2.0
-# Needs the local model could still answer: the cloud gets only what the deadline leaves.
-_LOCAL_CAN_ANSWER = frozenset({"large_model_requested", "pressure_critical"})
-# Failure kinds under the names status, metrics and audit use for account states.
-_KIND_NAMES = {"payment": "account_exhausted", "not_found": "model_unavailable"}
+# A 404 for the model is recorded as the model state status and metrics show.
+_KIND_NAMES = {"not_found": "model_unavailable"}
 
 
 @dataclass
@@ -386,7 +385,7 @@ class ChatRouter:
         info = self._credentials.info()
         loop = asyncio.get_running_loop()
         cloud_deadline: float | None = None
-        if call.deadline is not None and decision.need in _LOCAL_CAN_ANSWER:
+        if call.deadline is not None and decision.need in LOCAL_CAN_ANSWER:
             # The cloud may use what the deadline leaves after a local answer.
             local_s = self.pace.answer_s(spec.max_tokens, 0.0)
             cloud_deadline = loop.time() + (call.deadline - time.monotonic()) - local_s

@@ -52,7 +52,7 @@ _log = logging.getLogger(__name__)
 _TRIP_KINDS = {
     "auth": "credential_rejected",
     "forbidden": "credential_rejected",
-    "payment": "account_exhausted",
+    "account_exhausted": "account_exhausted",
 }
 # About the request or one model, not the route: they never move the breaker.
 _IGNORED_KINDS = frozenset({"not_found", "bad_request", "disabled", "model_unavailable"})

@@ -95,7 +95,7 @@ class CloudPaymentRequired(CloudRouterError):
     """The account has not enough balance (402)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    kind = "payment"
+    kind = "account_exhausted"
 
 
 class CloudForbidden(CloudRouterError):

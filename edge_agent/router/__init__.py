@@ -4,6 +4,7 @@ from edge_agent.router._budget import BudgetLedger, BudgetUsage, Reservation
 from edge_agent.router._cli import add_policy_commands, describe_policy
 from edge_agent.router._decide import (
     BLOCKERS,
+    LOCAL_CAN_ANSWER,
     MIN_CLOUD_WINDOW_S,
     NEEDS,
     BudgetView,
@@ -38,6 +39,7 @@ from edge_agent.router._policystore import POLICY_KIND, PolicyStore, sign_policy
 __all__ = [
     "BLOCKERS",
     "DATA_CLASSES",
+    "LOCAL_CAN_ANSWER",
     "MIN_CLOUD_WINDOW_S",
     "NEEDS",
     "POLICY_KIND",

@@ -24,6 +24,7 @@ from edge_agent.router._model import DATA_CLASSES, EffectivePolicy, ModelPrice, 
 
 __all__ = [
     "BLOCKERS",
+    "LOCAL_CAN_ANSWER",
     "MIN_CLOUD_WINDOW_S",
     "NEEDS",
     "BudgetView",
@@ -60,7 +61,7 @@ BLOCKERS = (
     "budget_exhausted",
 )
 # Needs where the local model could answer in time: the deadline must leave room for it.
-_LOCAL_CAN_ANSWER = frozenset({"large_model_requested", "pressure_critical"})
+LOCAL_CAN_ANSWER = frozenset({"large_model_requested", "pressure_critical"})
 # Less time than this for the cloud's first token is not worth a round trip.
 MIN_CLOUD_WINDOW_S = 0.3
 
@@ -229,7 +230,7 @@ def decide(
             provider, blocker = cloud_check(model, provider)
         if (
             blocker is None
-            and need in _LOCAL_CAN_ANSWER
+            and need in LOCAL_CAN_ANSWER
             and request.deadline_s is not None
             and request.local_answer_s is not None
             and request.deadline_s - request.local_answer_s < MIN_CLOUD_WINDOW_S

@@ -161,7 +161,7 @@ async def test_an_in_stream_402_reaches_the_breaker_as_account_exhaustion(
         with pytest.raises(CloudPaymentRequired):
             async for _ in stream:
                 pass
-    assert attempt.error_kind == "payment"
+    assert attempt.error_kind == "account_exhausted"
     snap = monitor.snapshot()
     assert (snap.state, snap.reason) == (Connectivity.OFFLINE, "account_exhausted")
     assert snap.retry_in_s is not None and snap.retry_in_s > 0

@@ -252,7 +252,7 @@ def test_no_balance_shows_as_account_exhausted_in_status_metrics_and_audit(
     assert (cloud["outcome"], cloud["http_status"]) == ("account_exhausted", 402)
     status = _status(box)
     assert (status.state, status.reason, status.circuit) == ("offline", "account_exhausted", "open")
-    assert status.retry_in_s > 0 and status.last_failure_kind == "payment"
+    assert status.retry_in_s > 0 and status.last_failure_kind == "account_exhausted"
     metrics = box.agent.metrics.render().decode()
     assert 'edge_agent_connectivity_reason{reason="account_exhausted"} 1.0' in metrics
     assert 'edge_agent_requests_total{destination="cloud",outcome="account_exhausted"}' in metrics
