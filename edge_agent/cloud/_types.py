@@ -18,6 +18,10 @@ __all__ = ["ChatMessage", "CloudAttempt", "CloudChatRequest", "Source", "StreamC
 Source = Literal["local", "cloud"]
 
 _ROLES = frozenset({"system", "user", "assistant"})
+# Failure kinds that mean the request was refused before anything was generated.
+_REFUSALS = frozenset(
+    {"auth", "forbidden", "account_exhausted", "rate_limited", "model_unavailable", "not_found"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,5 +121,8 @@ class CloudAttempt:
 
     @property
     def may_be_billed(self) -> bool:
-        """Whether a provider may charge for it: sent, and not refused with an error status."""
+        """Whether a provider may charge for it: sent, and not refused (an error status, or
+        a refusal inside the stream: no balance, rate limit, credential, model)."""
+        if self.error_kind in _REFUSALS:
+            return False
         return self.sent and (self.status is None or self.accepted)

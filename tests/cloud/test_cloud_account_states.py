@@ -332,3 +332,16 @@ async def test_a_429_without_retry_after_says_rate_limited_not_a_broken_uplink(
         "rate_limited",
         "rate_limited",
     )
+
+
+async def test_a_refusal_inside_the_stream_is_not_billable(
+    router: FakeRouter, make_client: MakeClient
+) -> None:
+    limited = {"error": {"message": "slow down", "code": 429}}
+    router.on_chat(Reply(after=0, then="error", error_payload=limited))
+    attempt = await _attempt(make_client)
+    assert (attempt.accepted, attempt.error_kind) == (True, "rate_limited")
+    assert not attempt.may_be_billed
+    router.on_chat(Reply(after=0, then="error"))  # a provider failure: it may have worked
+    attempt = await _attempt(make_client)
+    assert (attempt.error_kind, attempt.may_be_billed) == ("stream", True)

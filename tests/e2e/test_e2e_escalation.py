@@ -367,3 +367,24 @@ def test_the_cli_sets_data_class_route_and_model(box: RunningAgent, router: Fake
     code, out, err = _cli("chat", "Hello?", "--target", box.target, "--route", "large", "-v")
     assert code == 0 and "local.large_model_requested_but_data_class_local_only" in err
     assert len(router.chat_requests()) == 1
+
+
+def test_a_402_inside_a_200_stream_is_account_exhaustion_and_costs_nothing(
+    box: RunningAgent, router: FakeRouter
+) -> None:
+    credits = {"error": {"message": "You have depleted your monthly included credits", "code": 402}}
+    router.on_chat(Reply(after=0, then="error", error_payload=credits))
+    final = _ask(box, DataClass.PUBLIC)[-1]
+    assert final.provenance is not None
+    assert final.provenance.decision_reason == "local.cloud_failed_before_first_token"
+    record = _record(box)
+    cloud, _ = record.attempt_list()
+    assert (cloud["outcome"], cloud["http_status"], cloud["usage"]) == (
+        "account_exhausted",
+        200,
+        "none",
+    )
+    assert (record.destination, record.cost_usd) == ("cloud", 0)
+    assert _status(box).reason == "account_exhausted"
+    usage = box.agent.ledger.usage(datetime.now(UTC))
+    assert (usage.reserved, usage.day_tokens) == (0, 0)
