@@ -398,8 +398,21 @@ class ChatRouter:
                     async for local_chunk in fallback:
                         yield local_chunk
                 return
+        model = decision.cloud_model or ""
+        ref = f"{model}:{decision.cloud_provider}" if decision.cloud_provider else model
+        # Built before the reservation: a request it refuses must not leave one open.
+        request = CloudChatRequest(
+            messages=tuple(ChatMessage(m.role, m.content) for m in spec.messages),
+            model=ref,
+            max_tokens=spec.max_tokens or _CLOUD_DEFAULT_MAX_TOKENS,
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            stop=spec.stop,
+            seed=spec.seed,
+            json_schema=spec.json_schema,
+        )
         try:
-            reservation = await _shielded(
+            reservation = await self._reserve(
                 functools.partial(
                     self._ledger.reserve,
                     policy,
@@ -417,21 +430,9 @@ class ChatRouter:
                 async for local_chunk in fallback:
                     yield local_chunk
             return
-        model = decision.cloud_model or ""
-        ref = f"{model}:{decision.cloud_provider}" if decision.cloud_provider else model
         leg = _Leg("cloud", model=model, provider=decision.cloud_provider or "")
         outcome.legs.append(leg)
         attempt = CloudAttempt()
-        request = CloudChatRequest(
-            messages=tuple(ChatMessage(m.role, m.content) for m in spec.messages),
-            model=ref,
-            max_tokens=spec.max_tokens or _CLOUD_DEFAULT_MAX_TOKENS,
-            temperature=spec.temperature,
-            top_p=spec.top_p,
-            stop=spec.stop,
-            seed=spec.seed,
-            json_schema=spec.json_schema,
-        )
         remaining = (call.deadline - time.monotonic()) if call.deadline else None
         failovers: list[FailoverEvent] = []
         local_chunks: list[ChatChunk] = []
@@ -448,7 +449,6 @@ class ChatRouter:
 
         t0 = time.perf_counter()
         t_first: float | None = None
-        cloud_chars = 0
         cloud_usage: CloudUsage | None = None
         served_by = ("", "")
         cloud = self._cloud.stream_chat(request, timeout_s=remaining, attempt=attempt)
@@ -471,7 +471,6 @@ class ChatRouter:
                         continue
                     if chunk.delta:
                         t_first = t_first or time.perf_counter()
-                        cloud_chars += len(chunk.delta)
                     if chunk.model or chunk.provider:
                         served_by = (chunk.model or served_by[0], chunk.provider or served_by[1])
                     if chunk.usage is not None:
@@ -524,6 +523,21 @@ class ChatRouter:
                 tokens_in=leg.tokens_in if attempt.may_be_billed else 0,
                 tokens_out=leg.tokens_out if attempt.may_be_billed else 0,
             )
+
+    async def _reserve(self, reserve: Callable[[], Reservation]) -> Reservation:
+        """Reserve in a thread; a cancel meanwhile releases the reservation once it exists."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(None, reserve)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+
+            def release(done: asyncio.Future[Reservation]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    loop.run_in_executor(None, self._ledger.release, done.result())
+
+            future.add_done_callback(release)
+            raise
 
     async def _close_cloud_leg(
         self,
