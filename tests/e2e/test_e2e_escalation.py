@@ -253,6 +253,8 @@ def test_no_balance_shows_as_account_exhausted_in_status_metrics_and_audit(
     status = _status(box)
     assert (status.state, status.reason, status.circuit) == ("offline", "account_exhausted", "open")
     assert status.retry_in_s > 0 and status.last_failure_kind == "account_exhausted"
+    code, out, _ = _cli("status", "--target", box.target)
+    assert code == 0 and "cloud:     offline (account_exhausted), retry in " in out
     metrics = box.agent.metrics.render().decode()
     assert 'edge_agent_connectivity_reason{reason="account_exhausted"} 1.0' in metrics
     assert 'edge_agent_requests_total{destination="cloud",outcome="account_exhausted"}' in metrics
