@@ -226,7 +226,7 @@ class Agent:
         self._spawn(self.cloud.set_air_gapped(air_gapped))
 
     def _on_connectivity(self, snapshot: ConnectivitySnapshot) -> None:
-        self.metrics.set_connectivity(str(snapshot.state.value))
+        self.metrics.set_connectivity(str(snapshot.state.value), snapshot.reason)
         if not self._stopping:
             self.notifier.status(self.status_line())
 
@@ -427,6 +427,10 @@ class Agent:
         if active is not None and bundle_dir is not None:
             self.engine.use_model(bundle_dir)
         await asyncio.to_thread(self._load_documents)
+        # Reservations a previous process left open (it died mid-call) count at worst case.
+        reconciled = await asyncio.to_thread(self.ledger.reconcile)
+        if reconciled:
+            _log.warning("settled %d cloud reservations left open at worst case", reconciled)
         self._apply_air_gap()
         self.notifier.status(f"loading {self.engine.model.name}")
         async with extending_timeout(self.notifier):

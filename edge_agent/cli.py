@@ -15,7 +15,7 @@ import grpc
 
 import edge_agent
 from edge_agent._offline import disable_phone_home
-from edge_agent.client import ChatOptions, Client
+from edge_agent.client import ChatOptions, Client, DataClass, RoutePreference
 from edge_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, default_config, load_config
 from edge_agent.errors import EdgeAgentError
 from edge_agent.tls import DEFAULT_ADMIN_SOCKET
@@ -23,6 +23,9 @@ from edge_agent.tls import DEFAULT_ADMIN_SOCKET
 __all__ = ["main"]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+_DATA_CLASSES = {c.name.lower(): c for c in DataClass if c is not DataClass.UNSPECIFIED}
+_ROUTES = {"auto": RoutePreference.AUTO, "local": RoutePreference.LOCAL_ONLY,
+           "large": RoutePreference.LARGE_MODEL}  # fmt: skip
 
 
 def _demo_config() -> AgentConfig:
@@ -58,6 +61,9 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         seed=args.seed,
         stop=args.stop or (),
         json_schema=args.json_schema,
+        data_class=_DATA_CLASSES[args.data_class] if args.data_class else DataClass.UNSPECIFIED,
+        route=_ROUTES[args.route],
+        model=args.model or "",
     )
     messages = [("system", args.system)] if args.system else []
     messages.append(("user", args.prompt))
@@ -74,7 +80,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         where = f"{p.model} {p.model_version} on {p.execution_provider or p.cloud_provider}"
         print(
             f"[{final.finish_reason}; {u.prompt_tokens}+{u.completion_tokens} tokens; "
-            f"{p.destination}: {where}]",
+            f"{p.destination}: {where}; {p.decision_reason}]",
             file=sys.stderr,
         )
     return 0
@@ -100,8 +106,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
     )
     if status.pressure.level:
         print(f"  pressure:  {status.pressure.level} {' '.join(status.pressure.reasons)}")
-    if status.connectivity.state:
-        print(f"  cloud:     {status.connectivity.state}")
+    c = status.connectivity
+    if c.state:
+        line = f"  cloud:     {c.state}" + (f" ({c.reason})" if c.reason else "")
+        if c.retry_in_s > 0:
+            line += f", retry in {c.retry_in_s:.0f} s"
+        if c.last_probe_age_s >= 0:
+            line += f", last probe {c.last_probe_age_s:.0f} s ago"
+        print(line)
+        if c.unavailable_models:
+            print(f"  unavailable cloud models: {', '.join(c.unavailable_models)}")
     if status.tls_fingerprint_sha256:
         print(f"  tls:       sha256 {status.tls_fingerprint_sha256}")
     return 0
@@ -189,6 +203,19 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--seed", type=int, default=None)
     chat.add_argument("--stop", action="append")
     chat.add_argument("--json-schema", default=None, help="constrain the answer to this schema")
+    chat.add_argument(
+        "--data-class",
+        choices=sorted(_DATA_CLASSES),
+        default=None,
+        help="how sensitive the prompt is (default: the policy's default class)",
+    )
+    chat.add_argument(
+        "--route",
+        choices=sorted(_ROUTES),
+        default="auto",
+        help="auto: the policy decides; local: never leave the box; large: ask for the cloud",
+    )
+    chat.add_argument("--model", default=None, help="a cloud model the policy allows")
     chat.add_argument("-v", "--verbose", action="store_true", help="print provenance and usage")
     _client_args(chat)
     chat.set_defaults(func=_cmd_chat)

@@ -1,24 +1,34 @@
 """Where a chat runs: the decision, the local or cloud stream, failover, budget and audit.
 
 Every request goes through :func:`edge_agent.router.decide` (a pure function) with the live
-pressure, connectivity, effective policy and budget. Local is the default; the cloud is used
-only when the local path cannot serve well and everything permits. A cloud failure before
-the first token falls back to local; a cut mid-stream continues locally from the text so far
-or ends with a clear status (``cloud.failover``). Every decision lands in the audit log.
+pressure, connectivity, effective policy, budget and the router's catalog. Local is the
+default; the cloud is used only when the local path cannot serve well and everything
+permits. A client deadline is budgeted: the cloud may use only what the deadline leaves
+after a local answer's measured cost (:class:`edge_agent.router.LocalPace`), so a late or
+silent cloud still ends in a local answer in time. A cloud failure before the first token
+falls back to local; a cut mid-stream continues locally from the text so far or ends with a
+clear status (``cloud.failover``).
+
+Each request keeps one :class:`_Outcome`: its legs (cloud, then local), where each ran, what
+it used. The client's provenance and the audit record are both read from it, so they agree.
+Every inner stream is closed explicitly, and budget settlement runs shielded from
+cancellation, so a cancel or a deadline never leaves a reservation open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import NoReturn, TypeVar
 
-from edge_agent.audit import AuditEntry, AuditLog
+from edge_agent.audit import AuditAttempt, AuditEntry, AuditLog
 from edge_agent.chat import (
     CallContext,
     ChatChunk,
@@ -31,6 +41,7 @@ from edge_agent.chat import (
 )
 from edge_agent.cloud import (
     ChatMessage,
+    CloudAttempt,
     CloudChatRequest,
     CloudConfig,
     ConnectivityMonitor,
@@ -43,15 +54,17 @@ from edge_agent.cloud import (
 )
 from edge_agent.cloud import Usage as CloudUsage
 from edge_agent.credentials import CredentialStore
-from edge_agent.errors import ResourceExhausted
+from edge_agent.errors import EdgeAgentError, InvalidArgument, ResourceExhausted
 from edge_agent.inference import InferenceService, estimate_prompt_tokens
 from edge_agent.metrics import Metrics
 from edge_agent.pressure import AdmissionController, PressureMonitor
 from edge_agent.router import (
+    LOCAL_CAN_ANSWER,
     BudgetLedger,
     BudgetView,
     Decision,
     EffectivePolicy,
+    LocalPace,
     LocalPolicyOverrides,
     ModelPrice,
     PolicyStore,
@@ -65,6 +78,7 @@ from edge_agent.router import (
 __all__ = ["ChatRouter"]
 
 _log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 _CLASS_NAMES = {
     DataClass.UNSPECIFIED: None,
@@ -82,15 +96,60 @@ _ROUTES = {
 _CLOUD_DEFAULT_MAX_TOKENS = 1024
 # A rough per-request hold time for the queue-wait estimate; admission measures the real one.
 _QUEUE_SECONDS_PER_WAITER = 2.0
+# A 404 for the model is recorded as the model state status and metrics show.
+_KIND_NAMES = {"not_found": "model_unavailable"}
+
+
+@dataclass
+class _Leg:
+    """One attempt at answering (becomes an ``AuditAttempt``)."""
+
+    destination: str
+    model: str = ""
+    provider: str = ""
+    outcome: str = "cancelled"
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+    usage: str = "none"
+    sent: bool = False
+    status: int | None = None
+    closed: bool = False  # cloud: its reservation is settled or released
 
 
 @dataclass
 class _Outcome:
-    destination: str = "local"
-    usage: Usage | None = None
-    model: str = ""
-    provider: str = ""
-    cost: float = 0.0
+    """Everything that happened to one request: the client's provenance and the audit."""
+
+    decision: Decision
+    legs: list[_Leg] = field(default_factory=list)
+    final_reason: str = ""
+
+    def __post_init__(self) -> None:
+        self.final_reason = self.final_reason or self.decision.reason
+
+    @property
+    def left_box(self) -> bool:
+        return any(leg.destination == "cloud" and leg.sent for leg in self.legs)
+
+    def destination(self) -> str:
+        if self.left_box:
+            return "cloud"
+        if self.decision.destination == "reject" and not any(
+            leg.outcome == "ok" for leg in self.legs
+        ):
+            return "reject"
+        return "local"
+
+
+async def _shielded(fn: Callable[[], _T]) -> _T:
+    """Run a blocking ledger call in a thread and finish it even if we are cancelled.
+
+    ``asyncio.to_thread`` cancelled before its thread starts never runs the call: a second
+    cancellation during cleanup (deadline, then shutdown) left reservations open that way.
+    """
+    future = asyncio.get_running_loop().run_in_executor(None, fn)
+    return await asyncio.shield(future)
 
 
 class ChatRouter:
@@ -112,6 +171,7 @@ class ChatRouter:
         connectivity: ConnectivityMonitor | None,
         cloud_config: CloudConfig,
         include_prompts: bool = False,
+        pace: LocalPace | None = None,
     ) -> None:
         self._local = local
         self._admission = admission
@@ -126,6 +186,7 @@ class ChatRouter:
         self._connectivity = connectivity
         self._cloud_config = cloud_config
         self._include_prompts = include_prompts
+        self.pace = pace if pace is not None else LocalPace()
 
     def set_overrides(self, overrides: LocalPolicyOverrides) -> None:
         """The local tightening after a config reload (it can only make policy stricter)."""
@@ -158,6 +219,37 @@ class ChatRouter:
                     prices[model] = ModelPrice(float(p.input_per_mtok), float(p.output_per_mtok))
         return prices
 
+    def _cloud_check(
+        self, spec: ChatSpec, policy: EffectivePolicy
+    ) -> Callable[[str, str | None], tuple[str | None, str | None]]:
+        """The router's account and capability state for :func:`decide`."""
+        monitor = self._connectivity
+        # ChatSpec grows a ``tools`` field with the OpenAI front end; read it if present.
+        needs_tools = bool(getattr(spec, "tools", None))
+        needs_schema = spec.json_schema is not None
+
+        def check(model: str, provider: str | None) -> tuple[str | None, str | None]:
+            if monitor is not None and monitor.is_model_unavailable(model):
+                return provider, "model_unavailable"
+            if not (needs_tools or needs_schema):
+                return provider, None
+            catalog = monitor.catalog if monitor is not None else None
+            if catalog is None:
+                return provider, "no_capable_provider"  # unknown capabilities: do not guess
+            try:
+                ref = parse_model_ref(f"{model}:{provider}" if provider else model)
+            except InvalidArgument:
+                return provider, "no_capable_provider"
+            chosen = catalog.choose_provider(
+                ref,
+                structured_output=needs_schema,
+                tools=needs_tools,
+                allowed=policy.allowed_providers,
+            )
+            return (chosen, None) if chosen else (provider, "no_capable_provider")
+
+        return check
+
     def _decide(self, spec: ChatSpec, call: CallContext, now: datetime) -> Decision:
         policy = self.effective_policy()
         context = self._local.context_length()
@@ -170,6 +262,7 @@ class ChatRouter:
         cost = self._local.estimate_cost_bytes(spec)
         stats = self._admission.stats
         info = self._credentials.info()
+        queue_wait = stats.queued * _QUEUE_SECONDS_PER_WAITER
         request = RouteRequest(
             client_id=call.client_id,
             data_class=_CLASS_NAMES[spec.data_class],
@@ -178,8 +271,9 @@ class ChatRouter:
             max_tokens=spec.max_tokens or default_max,
             deadline_s=(call.deadline - time.monotonic()) if call.deadline else None,
             local_context_length=context,
-            local_queue_wait_s=stats.queued * _QUEUE_SECONDS_PER_WAITER,
+            local_queue_wait_s=queue_wait,
             model=spec.model or None,
+            local_answer_s=self.pace.answer_s(spec.max_tokens, queue_wait),
         )
 
         def budget() -> BudgetView:
@@ -192,36 +286,52 @@ class ChatRouter:
             level=level,  # type: ignore[arg-type]
             local_admissible=level != "critical" and (room is None or cost <= room),
         )
-        return decide(request, pressure, self.connectivity_state(), policy, budget, now)
+        return decide(
+            request,
+            pressure,
+            self.connectivity_state(),
+            policy,
+            budget,
+            now,
+            cloud_check=self._cloud_check(spec, policy),
+        )
 
-    async def chat(self, spec: ChatSpec, call: CallContext) -> AsyncIterator[ChatChunk]:
+    async def chat(self, spec: ChatSpec, call: CallContext) -> AsyncGenerator[ChatChunk, None]:
         now = datetime.now(UTC)
         decision = self._decide(spec, call, now)
-        outcome = _Outcome(destination=decision.destination)
+        outcome = _Outcome(decision)
         try:
             if decision.destination == "reject" and decision.need == "context_exceeded":
                 # The estimate said "too long" and the cloud may not take it: the local path
                 # measures exactly and answers with the precise field error (or serves it).
-                outcome.destination = "reject"
-                async for chunk in self._local_chat(spec, call, decision.reason, outcome):
-                    yield chunk
+                inner = self._local_chat(spec, call, decision.reason, outcome)
             elif decision.destination == "reject":
                 self._reject(decision)
             elif decision.destination == "cloud":
                 self._metrics.escalated(decision.need or "requested")
-                async for chunk in self._cloud_chat(spec, call, decision, now, outcome):
-                    yield chunk
+                inner = self._cloud_chat(spec, call, decision, now, outcome)
             else:
-                async for chunk in self._local_chat(spec, call, decision.reason, outcome):
+                inner = self._local_chat(spec, call, decision.reason, outcome)
+            # Closed here, not by the garbage collector: its cleanup (budget, connections)
+            # must be done before the audit record is written and before the daemon stops.
+            async with contextlib.aclosing(inner):
+                async for chunk in inner:
                     yield chunk
         finally:
-            await self._record(spec, call, decision, outcome)
+            await self._record(spec, call, outcome)
 
-    def _reject(self, decision: Decision) -> None:
+    def _reject(self, decision: Decision) -> NoReturn:
         raise ResourceExhausted(
             f"the box cannot take this request now and may not escalate ({decision.blocker})",
             retry_after_ms=self._admission.stats.queued * 1000 + 1000,
         )
+
+    def _ended(self, call: CallContext) -> str:
+        """Why a stream stopped without finishing: the deadline or the client's cancel."""
+        # gRPC's own timer may fire a few milliseconds before our copy of the deadline.
+        if call.deadline is not None and time.monotonic() >= call.deadline - 0.05:
+            return "deadline"
+        return "cancelled"
 
     async def _local_chat(
         self,
@@ -230,18 +340,38 @@ class ChatRouter:
         reason: str,
         outcome: _Outcome,
         continue_from: str = "",
-    ) -> AsyncIterator[ChatChunk]:
+    ) -> AsyncGenerator[ChatChunk, None]:
         model = self._local.engine.model
-        outcome.destination = "local"
-        outcome.model = f"{model.name}@{model.version}"
+        leg = _Leg("local", model=f"{model.name}@{model.version}")
+        outcome.legs.append(leg)
+        outcome.final_reason = reason  # the same string the provenance below carries
         stream = self._local.chat(spec, call, reason=reason, continue_from=continue_from)
-        async with contextlib.aclosing(stream):
-            async for chunk in stream:
-                if chunk.usage is not None:
-                    outcome.usage = chunk.usage
-                if chunk.provenance is not None:
-                    outcome.provider = chunk.provenance.execution_provider
-                yield chunk
+        try:
+            async with contextlib.aclosing(stream):
+                async for chunk in stream:
+                    if chunk.usage is not None:
+                        leg.tokens_in = chunk.usage.prompt_tokens
+                        leg.tokens_out = chunk.usage.completion_tokens
+                        leg.usage = "reported"
+                    if chunk.provenance is not None:
+                        leg.provider = chunk.provenance.execution_provider
+                    if chunk.finish_reason is not None:
+                        leg.outcome = "ok"
+                        self._observe_pace(chunk)
+                    yield chunk
+        except EdgeAgentError as exc:
+            leg.outcome = exc.code.name.lower()
+            raise
+        except (GeneratorExit, asyncio.CancelledError):
+            leg.outcome = self._ended(call)
+            raise
+
+    def _observe_pace(self, chunk: ChatChunk) -> None:
+        t, u = chunk.timing, chunk.usage
+        if t is not None and u is not None:
+            self.pace.observe(
+                t.time_to_first_token_ms / 1000, t.total_ms / 1000, u.completion_tokens
+            )
 
     async def _cloud_chat(
         self,
@@ -250,28 +380,27 @@ class ChatRouter:
         decision: Decision,
         now: datetime,
         outcome: _Outcome,
-    ) -> AsyncIterator[ChatChunk]:
+    ) -> AsyncGenerator[ChatChunk, None]:
         assert self._cloud is not None
         policy = self.effective_policy()
         info = self._credentials.info()
-        try:
-            reservation = await asyncio.to_thread(
-                self._ledger.reserve,
-                policy,
-                client_id=call.client_id,
-                tokens=decision.estimated_tokens,
-                usd=decision.estimated_usd,
-                now=now,
-                credential_id=info.envelope_id if info else "",
-            )
-        except ResourceExhausted:
-            # Another request took the last of the budget since the decision: stay local.
-            fallback = self._local_chat(spec, call, "local.budget_reserved_by_others", outcome)
-            async for local_chunk in fallback:
-                yield local_chunk
-            return
+        loop = asyncio.get_running_loop()
+        cloud_deadline: float | None = None
+        if call.deadline is not None and decision.need in LOCAL_CAN_ANSWER:
+            # The cloud may use what the deadline leaves after a local answer.
+            local_s = self.pace.answer_s(spec.max_tokens, 0.0)
+            cloud_deadline = loop.time() + (call.deadline - time.monotonic()) - local_s
+            if cloud_deadline <= loop.time():
+                fallback = self._local_chat(
+                    spec, call, f"local.{decision.need}_but_deadline_too_short", outcome
+                )
+                async with contextlib.aclosing(fallback):
+                    async for local_chunk in fallback:
+                        yield local_chunk
+                return
         model = decision.cloud_model or ""
         ref = f"{model}:{decision.cloud_provider}" if decision.cloud_provider else model
+        # Built before the reservation: a request it refuses must not leave one open.
         request = CloudChatRequest(
             messages=tuple(ChatMessage(m.role, m.content) for m in spec.messages),
             model=ref,
@@ -282,6 +411,28 @@ class ChatRouter:
             seed=spec.seed,
             json_schema=spec.json_schema,
         )
+        try:
+            reservation = await self._reserve(
+                functools.partial(
+                    self._ledger.reserve,
+                    policy,
+                    client_id=call.client_id,
+                    tokens=decision.estimated_tokens,
+                    usd=decision.estimated_usd,
+                    now=now,
+                    credential_id=info.envelope_id if info else "",
+                )
+            )
+        except ResourceExhausted:
+            # Another request took the last of the budget since the decision: stay local.
+            fallback = self._local_chat(spec, call, "local.budget_reserved_by_others", outcome)
+            async with contextlib.aclosing(fallback):
+                async for local_chunk in fallback:
+                    yield local_chunk
+            return
+        leg = _Leg("cloud", model=model, provider=decision.cloud_provider or "")
+        outcome.legs.append(leg)
+        attempt = CloudAttempt()
         remaining = (call.deadline - time.monotonic()) if call.deadline else None
         failovers: list[FailoverEvent] = []
         local_chunks: list[ChatChunk] = []
@@ -290,24 +441,26 @@ class ChatRouter:
             reason = (
                 "local.cloud_failover" if text_so_far else "local.cloud_failed_before_first_token"
             )
-            async for c in self._local_chat(spec, call, reason, outcome, continue_from=text_so_far):
-                local_chunks.append(c)
-                yield StreamChunk(delta=c.delta, source="local", finish_reason=c.finish_reason)
+            inner = self._local_chat(spec, call, reason, outcome, continue_from=text_so_far)
+            async with contextlib.aclosing(inner):
+                async for c in inner:
+                    local_chunks.append(c)
+                    yield StreamChunk(delta=c.delta, source="local", finish_reason=c.finish_reason)
 
         t0 = time.perf_counter()
         t_first: float | None = None
-        cloud_text: list[str] = []
         cloud_usage: CloudUsage | None = None
         served_by = ("", "")
-        settled = False
+        cloud = self._cloud.stream_chat(request, timeout_s=remaining, attempt=attempt)
         stream = failover_stream(
-            self._cloud.stream_chat(request, timeout_s=remaining),
+            cloud,
             local_stream,
             mode=self._cloud_config.failover,
             first_token_timeout_s=self._cloud_config.first_token_timeout_s,
             inter_chunk_timeout_s=self._cloud_config.event_timeout_s,
             on_failover=failovers.append,
             observer=self._connectivity,
+            cloud_deadline=cloud_deadline,
         )
         try:
             async with contextlib.aclosing(stream):
@@ -316,10 +469,8 @@ class ChatRouter:
                         # The local final chunk already carries usage and provenance.
                         yield local_chunks[-1] if local_chunks else ChatChunk(delta=chunk.delta)
                         continue
-                    outcome.destination = "cloud"
                     if chunk.delta:
                         t_first = t_first or time.perf_counter()
-                        cloud_text.append(chunk.delta)
                     if chunk.model or chunk.provider:
                         served_by = (chunk.model or served_by[0], chunk.provider or served_by[1])
                     if chunk.usage is not None:
@@ -328,33 +479,29 @@ class ChatRouter:
                         yield ChatChunk(delta=chunk.delta)
                         continue
                     end = time.perf_counter()
-                    answer = self._cloud_usage(cloud_usage, spec, cloud_text)
-                    outcome.usage, outcome.model = answer, served_by[0] or model
-                    outcome.provider = served_by[1]
-                    outcome.cost = await self._settle(
-                        reservation, answer, outcome.model, served_by[1]
-                    )
-                    settled = True
+                    leg.outcome = "ok"
+                    leg.model, leg.provider = served_by[0] or model, served_by[1] or leg.provider
+                    await self._close_cloud_leg(leg, attempt, reservation, cloud_usage, spec)
+                    outcome.final_reason = decision.reason
                     yield ChatChunk(
                         delta=chunk.delta,
                         finish_reason="length" if chunk.finish_reason == "length" else "stop",
-                        usage=answer,
+                        usage=Usage(leg.tokens_in, leg.tokens_out),
                         provenance=Provenance(
                             destination="cloud",
-                            model=outcome.model,
-                            cloud_provider=served_by[1],
-                            decision_reason=decision.reason,
+                            model=leg.model,
+                            cloud_provider=leg.provider,
+                            decision_reason=outcome.final_reason,
                         ),
                         timing=Timing(0.0, ((t_first or end) - t0) * 1000, (end - t0) * 1000),
                     )
+        except (GeneratorExit, asyncio.CancelledError):
+            if leg.outcome == "cancelled":
+                leg.outcome = self._ended(call)
+            raise
         finally:
-            if not settled:
-                if cloud_text:
-                    partial = self._cloud_usage(cloud_usage, spec, cloud_text)
-                    outcome.cost = await self._settle(reservation, partial, model, served_by[1])
-                else:
-                    await asyncio.to_thread(self._ledger.release, reservation)
             for event in failovers:
+                leg.outcome = _KIND_NAMES.get(event.kind, event.kind)
                 _log.warning(
                     "cloud %s at %s (%s): %s",
                     event.kind,
@@ -362,61 +509,124 @@ class ChatRouter:
                     event.action,
                     decision.reason,
                 )
+            if leg.outcome == "cancelled" and attempt.error_kind:
+                leg.outcome = _KIND_NAMES.get(attempt.error_kind, attempt.error_kind)
+            if attempt.error_kind in ("model_unavailable", "not_found") and self._connectivity:
+                self._connectivity.model_unavailable(model)
+            if not leg.closed:  # not closed on the success path above
+                leg.provider = served_by[1] or attempt.provider or leg.provider
+                await self._close_cloud_leg(leg, attempt, reservation, cloud_usage, spec)
+            # The outcome label names account states (account_exhausted, rate_limited, ...).
+            self._metrics.request_finished(
+                leg.outcome,
+                "cloud",
+                tokens_in=leg.tokens_in if attempt.may_be_billed else 0,
+                tokens_out=leg.tokens_out if attempt.may_be_billed else 0,
+            )
 
-    @staticmethod
-    def _cloud_usage(usage: CloudUsage | None, spec: ChatSpec, text: list[str]) -> Usage:
+    async def _reserve(self, reserve: Callable[[], Reservation]) -> Reservation:
+        """Reserve in a thread; a cancel meanwhile releases the reservation once it exists."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(None, reserve)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+
+            def release(done: asyncio.Future[Reservation]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    loop.run_in_executor(None, self._ledger.release, done.result())
+
+            future.add_done_callback(release)
+            raise
+
+    async def _close_cloud_leg(
+        self,
+        leg: _Leg,
+        attempt: CloudAttempt,
+        reservation: Reservation,
+        usage: CloudUsage | None,
+        spec: ChatSpec,
+    ) -> None:
+        """Settle or release the reservation by what reached the provider, and say so."""
+        leg.sent, leg.status, leg.closed = attempt.sent, attempt.status, True
+        if not attempt.may_be_billed:
+            # Nothing reached a provider (no connection, or the router refused it).
+            leg.usage = "none"
+            await _shielded(functools.partial(self._ledger.release, reservation))
+            return
         if usage is not None:
-            return Usage(usage.prompt_tokens, usage.completion_tokens)
-        # No usage from the router (a cut stream): estimate high so budgets stay safe.
-        return Usage(estimate_prompt_tokens(spec), sum(len(t) for t in text) // 2 + 1)
+            leg.tokens_in, leg.tokens_out = usage.prompt_tokens, usage.completion_tokens
+            leg.usage = "reported"
+            leg.cost = self._price(usage, leg.model, leg.provider)
+            tokens, usd = usage.total_tokens, leg.cost
+        else:
+            # Accepted but no usage report: the provider may bill up to max_tokens.
+            leg.tokens_in = estimate_prompt_tokens(spec)
+            leg.tokens_out = max(reservation.tokens - leg.tokens_in, 0)
+            leg.usage = "worst_case"
+            leg.cost = reservation.usd
+            tokens, usd = reservation.tokens, reservation.usd
+        await _shielded(functools.partial(self._ledger.settle, reservation, tokens=tokens, usd=usd))
 
-    async def _settle(
-        self, reservation: Reservation, usage: Usage, model: str, provider: str
-    ) -> float:
+    def _price(self, usage: CloudUsage, model: str, provider: str) -> float:
         price = None
         catalog = self._connectivity.catalog if self._connectivity is not None else None
         if catalog is not None:
             with contextlib.suppress(Exception):
                 price = catalog.pricing_for(parse_model_ref(model), provider or None)
-        usd = Decimal(0)
         if price is not None:
-            usd = cost_usd(CloudUsage(usage.prompt_tokens, usage.completion_tokens), price)
-        else:
-            fleet = self.effective_policy().models.get(model.split(":")[0])
-            if fleet is not None:
-                usd = Decimal(str(fleet.cost(usage.prompt_tokens, usage.completion_tokens)))
-        # An fsynced commit: off the event loop.
-        await asyncio.to_thread(
-            self._ledger.settle, reservation, tokens=usage.total_tokens, usd=float(usd)
-        )
-        return float(usd)
+            return float(cost_usd(usage, price))
+        fleet = self.effective_policy().models.get(model.split(":")[0])
+        if fleet is None:
+            return 0.0
+        return float(Decimal(str(fleet.cost(usage.prompt_tokens, usage.completion_tokens))))
 
-    async def _record(
-        self, spec: ChatSpec, call: CallContext, decision: Decision, outcome: _Outcome
-    ) -> None:
-        usage = outcome.usage
+    async def _record(self, spec: ChatSpec, call: CallContext, outcome: _Outcome) -> None:
+        decision = outcome.decision
         prompt = None
         if self._include_prompts:
             prompt = "\n".join(f"{m.role}: {m.content}" for m in spec.messages)
+        legs = outcome.legs
+        # The leg that names the record: the cloud one whenever the prompt left the box.
+        main = next(
+            (leg for leg in legs if leg.destination == "cloud" and leg.sent),
+            legs[-1] if legs else None,
+        )
+        fallback = outcome.final_reason if outcome.final_reason != decision.reason else ""
         entry = AuditEntry(
             request_id=call.request_id,
             client_id=call.client_id,
             data_class=decision.data_class,
-            destination=outcome.destination if decision.destination != "reject" else "reject",
+            destination=outcome.destination(),
             reason=decision.reason,
-            tokens_in=usage.prompt_tokens if usage else 0,
-            tokens_out=usage.completion_tokens if usage else 0,
-            cost_usd=outcome.cost,
-            model=outcome.model,
-            provider=outcome.provider,
+            tokens_in=sum(leg.tokens_in for leg in legs),
+            tokens_out=sum(leg.tokens_out for leg in legs),
+            cost_usd=sum(leg.cost for leg in legs),
+            model=main.model if main else "",
+            provider=main.provider if main else "",
             prompt=prompt,
+            left_box=outcome.left_box,
+            fallback_reason=fallback,
+            attempts=tuple(
+                AuditAttempt(
+                    destination=leg.destination,
+                    model=leg.model,
+                    provider=leg.provider,
+                    outcome=leg.outcome,
+                    tokens_in=leg.tokens_in,
+                    tokens_out=leg.tokens_out,
+                    cost_usd=leg.cost,
+                    usage=leg.usage,
+                    sent=leg.sent,
+                    http_status=leg.status,
+                )
+                for leg in legs
+            ),
         )
         try:
             await self._audit.append_async(entry)
+        except asyncio.CancelledError:
+            raise  # the group commit still writes it
         except Exception:
             # The answer was already given; a failing disk must be loud, not silent.
             _log.exception("could not append to the audit log")
-        if outcome.destination == "cloud" and usage is not None:
-            self._metrics.request_finished(
-                "ok", "cloud", tokens_in=usage.prompt_tokens, tokens_out=usage.completion_tokens
-            )

@@ -4,6 +4,7 @@ from edge_agent.audit._cli import add_audit_commands
 from edge_agent.audit._config import AuditConfig, parse_audit_config
 from edge_agent.audit._log import (
     GENESIS_HASH,
+    AuditAttempt,
     AuditEntry,
     AuditLog,
     AuditRecord,
@@ -13,6 +14,7 @@ from edge_agent.audit._log import (
 
 __all__ = [
     "GENESIS_HASH",
+    "AuditAttempt",
     "AuditConfig",
     "AuditEntry",
     "AuditLog",

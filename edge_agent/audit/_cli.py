@@ -88,9 +88,14 @@ def _list(args: argparse.Namespace, log: AuditLog) -> int:
             print(r.to_json())
         else:
             where = f"{r.model}@{r.provider}" if r.model else "-"
+            legs = " → ".join(
+                f"{a.get('destination')}:{a.get('outcome')}" for a in r.attempt_list()
+            )
             print(
                 f"{r.seq:>7} {r.time} {r.client_id:<16} {r.data_class:<12} {r.destination:<6} "
                 f"{r.reason:<48} in={r.tokens_in} out={r.tokens_out} ${r.cost_usd:.6f} {where}"
+                + (f" then {r.fallback_reason}" if r.fallback_reason else "")
+                + (f" [{legs}]" if legs else "")
             )
     return 0
 

@@ -8,6 +8,13 @@ power loss (FULL syncs the WAL at each commit). Triggers refuse UPDATE and DELET
 stops accidents; someone with write access to the file can still drop them, and then the
 chain is what shows it. Truncating the newest records is not visible in the chain alone:
 ship :meth:`head` off the box (metrics, status) to anchor it.
+
+A chat record says everything that happened to the request: ``destination`` is ``cloud``
+whenever the prompt left the box (``left_box``), even if the answer came from the local
+model after a failover (``fallback_reason``); ``attempts`` lists each leg (cloud, then
+local) with its tokens and cost; ``tokens_*``/``cost_usd`` are the sums. Records written
+before these columns existed have them NULL, and NULL columns are left out of the hash, so
+old chains still verify.
 """
 
 from __future__ import annotations
@@ -23,7 +30,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["GENESIS_HASH", "AuditEntry", "AuditLog", "AuditRecord", "VerifyResult", "record_hash"]
+__all__ = [
+    "GENESIS_HASH",
+    "AuditAttempt",
+    "AuditEntry",
+    "AuditLog",
+    "AuditRecord",
+    "VerifyResult",
+    "record_hash",
+]
 
 GENESIS_HASH = "0" * 64
 _MAX_GROUP = 256  # records per group commit
@@ -44,7 +59,10 @@ CREATE TABLE IF NOT EXISTS records (
     provider TEXT NOT NULL,
     prompt TEXT,
     prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
+    hash TEXT NOT NULL,
+    left_box INTEGER,
+    fallback_reason TEXT,
+    attempts TEXT
 );
 CREATE TRIGGER IF NOT EXISTS records_no_update BEFORE UPDATE ON records
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
@@ -53,8 +71,38 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
 _COLUMNS = (
     "seq, time, request_id, client_id, data_class, destination, reason, tokens_in, "
-    "tokens_out, cost_usd, model, provider, prompt, prev_hash, hash"
+    "tokens_out, cost_usd, model, provider, prompt, left_box, fallback_reason, attempts, "
+    "prev_hash, hash"
 )
+# Added after the first release: logs created before get them by ALTER TABLE, their old
+# rows hold NULL there, and NULL values of these are not hashed (old hashes stay valid).
+_ADDED_COLUMNS = {"left_box": "INTEGER", "fallback_reason": "TEXT", "attempts": "TEXT"}
+
+
+@dataclass(frozen=True, slots=True)
+class AuditAttempt:
+    """One leg of a chat: where it ran, what it used and how it ended.
+
+    ``usage`` says where the token counts come from: ``reported`` (the provider or the
+    engine counted them), ``worst_case`` (a cloud leg that may have been billed without a
+    usage report: the reservation is kept), ``none`` (nothing reached a provider).
+    ``outcome`` is ``ok`` or the failure kind (``timeout``, ``cut``, ``account_exhausted``,
+    ``rate_limited``, ``model_unavailable``, ``deadline``, ``cancelled``, ...).
+    """
+
+    destination: str  # local | cloud
+    model: str
+    provider: str
+    outcome: str
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    usage: str = "reported"
+    sent: bool = False  # cloud: the prompt may have reached the router
+    http_status: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +121,9 @@ class AuditEntry:
     provider: str = ""  # local execution provider, or the cloud provider
     prompt: str | None = None  # kept only when [audit] include_prompts = true
     time: datetime | None = None  # None: now
+    left_box: bool | None = None  # chat records: whether the prompt was sent to the cloud
+    fallback_reason: str | None = None  # chat records: why another leg finished ("" none)
+    attempts: tuple[AuditAttempt, ...] | None = None  # chat records: each leg in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,11 +141,19 @@ class AuditRecord:
     model: str
     provider: str
     prompt: str | None
+    left_box: int | None
+    fallback_reason: str | None
+    attempts: str | None  # JSON list of AuditAttempt objects
     prev_hash: str
     hash: str
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
+
+    def attempt_list(self) -> list[dict[str, Any]]:
+        """The legs of a chat record (empty for records without them)."""
+        value = json.loads(self.attempts) if self.attempts else []
+        return value if isinstance(value, list) else []
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +167,9 @@ class VerifyResult:
 
 def record_hash(fields: dict[str, Any]) -> str:
     """sha256 over the canonical JSON of a record's fields (``hash`` itself excluded)."""
-    body = {k: v for k, v in fields.items() if k != "hash"}
+    body = {
+        k: v for k, v in fields.items() if k != "hash" and not (k in _ADDED_COLUMNS and v is None)
+    }
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -125,6 +186,10 @@ class AuditLog:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(records)")}
+            for name, kind in _ADDED_COLUMNS.items():
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE records ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -147,7 +212,7 @@ class AuditLog:
                 for entry in entries:
                     record = self._record(entry, seq, prev)
                     self._db.execute(
-                        f"INSERT INTO records ({_COLUMNS}) VALUES ({', '.join('?' * 15)})",  # noqa: S608
+                        f"INSERT INTO records ({_COLUMNS}) VALUES ({', '.join('?' * 18)})",  # noqa: S608
                         astuple(record),
                     )
                     records.append(record)
@@ -174,6 +239,13 @@ class AuditLog:
             "model": entry.model,
             "provider": entry.provider,
             "prompt": entry.prompt if self._include_prompts else None,
+            "left_box": None if entry.left_box is None else int(entry.left_box),
+            "fallback_reason": entry.fallback_reason,
+            "attempts": None
+            if entry.attempts is None
+            else json.dumps(
+                [a.to_dict() for a in entry.attempts], sort_keys=True, separators=(",", ":")
+            ),
             "prev_hash": prev,
         }
         fields["hash"] = record_hash(fields)

@@ -27,6 +27,7 @@ from edge_agent.cloud._errors import (
     CloudForbidden,
     CloudHTTPError,
     CloudModelNotFound,
+    CloudModelUnavailable,
     CloudPaymentRequired,
     CloudProtocolError,
     CloudRateLimited,
@@ -50,7 +51,14 @@ from edge_agent.cloud._models import (
     parse_model_ref,
     parse_models_response,
 )
-from edge_agent.cloud._types import ChatMessage, CloudChatRequest, Source, StreamChunk, Usage
+from edge_agent.cloud._types import (
+    ChatMessage,
+    CloudAttempt,
+    CloudChatRequest,
+    Source,
+    StreamChunk,
+    Usage,
+)
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -58,6 +66,7 @@ __all__ = [
     "BreakerState",
     "ChatMessage",
     "CircuitBreaker",
+    "CloudAttempt",
     "CloudAuthError",
     "CloudBadRequest",
     "CloudChatRequest",
@@ -67,6 +76,7 @@ __all__ = [
     "CloudForbidden",
     "CloudHTTPError",
     "CloudModelNotFound",
+    "CloudModelUnavailable",
     "CloudPaymentRequired",
     "CloudProtocolError",
     "CloudRateLimited",

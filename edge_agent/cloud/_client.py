@@ -37,7 +37,7 @@ from edge_agent.cloud._errors import (
 from edge_agent.cloud._models import ModelCatalog, ModelRef, parse_model_ref, parse_models_response
 from edge_agent.cloud._sse import DONE, SSEEvent, iter_sse, parse_completion
 from edge_agent.cloud._transport import AirGapGuard, tls_context
-from edge_agent.cloud._types import CloudChatRequest, StreamChunk, Usage
+from edge_agent.cloud._types import CloudAttempt, CloudChatRequest, StreamChunk, Usage
 from edge_agent.errors import EdgeAgentError, InvalidArgument
 
 __all__ = ["OutcomeObserver", "RouterClient", "TokenProvider"]
@@ -49,6 +49,8 @@ _HTTPX_ERRORS = (httpx.HTTPError, httpx.InvalidURL, httpx.CookieConflict, httpx.
 _MAX_ERROR_BODY = 64 * 1024
 _MAX_CATALOG = 16 * 1024 * 1024
 _PROBE_OK = frozenset({404, 405})  # the router answered: reachable even if HEAD is not served
+# httpx failures that prove no byte of the request reached the router.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError)
 
 
 class OutcomeObserver(Protocol):
@@ -240,13 +242,19 @@ class RouterClient:
     # -- public calls -----------------------------------------------------------------------
 
     async def stream_chat(
-        self, request: CloudChatRequest, *, timeout_s: float | None = None
+        self,
+        request: CloudChatRequest,
+        *,
+        timeout_s: float | None = None,
+        attempt: CloudAttempt | None = None,
     ) -> AsyncGenerator[StreamChunk, None]:
         """Stream one chat completion. The last chunk has ``finish_reason`` (and ``usage``).
 
         ``timeout_s`` shortens the total deadline (e.g. to the gRPC call's remaining time).
+        ``attempt`` is filled in with what reached the router (budgets settle by it).
         Use with ``contextlib.aclosing`` so an abandoned stream closes its connection.
         """
+        attempt = attempt if attempt is not None else CloudAttempt()
         ref = parse_model_ref(request.model or self._config.model)
         body = self._chat_body(request, ref)
         token = self._credential()
@@ -264,14 +272,21 @@ class RouterClient:
                     json=body,
                     headers=self._headers(token, "text/event-stream"),
                 )
+                attempt.sent = True
                 async with asyncio.timeout_at(deadline):
                     response = await http.send(req, stream=True)
             except TimeoutError:
                 raise CloudTimeout("the cloud router did not answer in time") from None
+            except _NOT_SENT:
+                attempt.sent = False
+                raise
             try:
                 latency_ms = (loop.time() - started) * 1000.0
+                attempt.status = response.status_code
                 await self._check_stream_response(response, deadline, token)
+                attempt.accepted = True
                 provider = response.headers.get("x-inference-provider") or ref.provider
+                attempt.provider = provider
                 async with aclosing(iter_sse(response.aiter_bytes())) as events:
                     async for chunk in self._chunks(events, deadline, provider, token):
                         yield chunk
@@ -279,9 +294,11 @@ class RouterClient:
                 await response.aclose()
         except _HTTPX_ERRORS as exc:
             error = map_httpx_error(exc)
+            attempt.error_kind = error.kind
             self._report(error, None)
             raise error from exc
         except CloudRouterError as exc:
+            attempt.error_kind = exc.kind
             self._report(exc, None)
             raise
         self._report(None, latency_ms)

@@ -4,7 +4,10 @@ States (``Connectivity``, a ``StrEnum`` so ``state == "online"`` works for the d
 
 * ``disabled`` – air-gapped or no credential loaded: nothing is probed, no socket opened.
 * ``offline``  – the breaker is open (repeated failures, a refused credential, no balance,
-  a 429 with Retry-After), or nothing has succeeded yet.
+  a 429 with Retry-After), or nothing has succeeded yet. ``reason`` says which:
+  ``unreachable``, ``credential_rejected`` (401/403), ``account_exhausted`` (402: recovers
+  only by a real request after ``breaker_max_open_s``, since a probe cannot see a balance),
+  ``rate_limited`` (429; ``retry_in_s`` is the router's Retry-After).
 * ``degraded`` – usable, but the last outcome failed, the breaker is half-open (trial
   traffic), or the last round trip was slower than ``degraded_latency_ms``.
 * ``online``   – usable.
@@ -49,9 +52,10 @@ _log = logging.getLogger(__name__)
 _TRIP_KINDS = {
     "auth": "credential_rejected",
     "forbidden": "credential_rejected",
-    "payment": "payment_required",
+    "account_exhausted": "account_exhausted",
 }
-_IGNORED_KINDS = frozenset({"not_found", "bad_request", "disabled"})
+# About the request or one model, not the route: they never move the breaker.
+_IGNORED_KINDS = frozenset({"not_found", "bad_request", "disabled", "model_unavailable"})
 
 
 class BreakerState(StrEnum):
@@ -139,15 +143,21 @@ class ConnectivitySnapshot:
     last_latency_ms: float | None
     last_success_at: float | None
     last_failure_at: float | None
+    last_probe_at: float | None  # Unix seconds of the last probe that ran (None: never)
     retry_in_s: float | None
     probes_ok: int
     probes_failed: int
     requests_ok: int
     requests_failed: int
+    unavailable_models: tuple[str, ...] = ()  # refused as not served (model_unavailable)
 
     @property
     def cloud_usable(self) -> bool:
         return self.state in (Connectivity.ONLINE, Connectivity.DEGRADED)
+
+    def probe_age_s(self, now: float) -> float | None:
+        """Seconds since the last probe at Unix time ``now`` (None before the first)."""
+        return None if self.last_probe_at is None else max(0.0, now - self.last_probe_at)
 
 
 class ConnectivityMonitor:
@@ -184,6 +194,8 @@ class ConnectivityMonitor:
         self._last_latency: float | None = None
         self._last_success: float | None = None
         self._last_failure: float | None = None
+        self._last_probe: float | None = None
+        self._unavailable: dict[str, float] = {}  # model id -> monotonic time it may retry
         self._counts = {"probes_ok": 0, "probes_failed": 0, "requests_ok": 0, "requests_failed": 0}
         self._probe_failures = 0
         self._catalog: ModelCatalog | None = None
@@ -207,6 +219,24 @@ class ConnectivityMonitor:
     def record_failure(self, kind: str, retry_after_s: float | None = None) -> None:
         self._counts["requests_failed"] += 1
         self._failure(kind, retry_after_s)
+
+    def model_unavailable(self, model_id: str) -> None:
+        """The router said no enabled provider serves ``model_id``: skip it for a while.
+
+        Recovery: after ``breaker_max_open_s`` the model is tried again (enabling a
+        provider in the account settings is invisible to probes).
+        """
+        self._unavailable[model_id] = self._clock() + self._config.breaker_max_open_s
+        self._notify(force=True)
+
+    def is_model_unavailable(self, model_id: str) -> bool:
+        until = self._unavailable.get(model_id)
+        if until is None:
+            return False
+        if self._clock() >= until:
+            del self._unavailable[model_id]
+            return False
+        return True
 
     def _success(self, latency_ms: float | None) -> None:
         self._last_success = self._wall()
@@ -249,7 +279,9 @@ class ConnectivityMonitor:
         if breaker is BreakerState.HALF_OPEN:
             return Connectivity.DEGRADED, "recovering"
         if self._breaker.consecutive_failures:
-            return Connectivity.DEGRADED, "recent_failures"
+            # A 429 without Retry-After is still the router's word, not a broken uplink.
+            limited = self._last_kind == "rate_limited"
+            return Connectivity.DEGRADED, "rate_limited" if limited else "recent_failures"
         if self._last_latency is not None and self._last_latency > self._config.degraded_latency_ms:
             return Connectivity.DEGRADED, "slow"
         return Connectivity.ONLINE, "ok"
@@ -265,13 +297,17 @@ class ConnectivityMonitor:
             last_latency_ms=self._last_latency,
             last_success_at=self._last_success,
             last_failure_at=self._last_failure,
+            last_probe_at=self._last_probe,
             retry_in_s=self._breaker.open_remaining_s(),
             **self._counts,
+            unavailable_models=tuple(
+                sorted(m for m in list(self._unavailable) if self.is_model_unavailable(m))
+            ),
         )
 
-    def _notify(self) -> None:
+    def _notify(self, *, force: bool = False) -> None:
         seen = self._state()
-        if seen == self._last_seen:
+        if seen == self._last_seen and not force:
             return
         self._last_seen = seen
         if self._on_change is not None:
@@ -318,10 +354,12 @@ class ConnectivityMonitor:
                 self._notify()
                 return interval
             except CloudRouterError as exc:
+                self._last_probe = self._wall()
                 self._counts["probes_failed"] += 1
                 self._probe_failures += 1
                 self._failure(exc.kind, getattr(exc, "retry_after_s", None))
                 return self._backoff()
+            self._last_probe = self._wall()
             self._counts["probes_ok"] += 1
             self._probe_failures = 0
             self._success(latency)

@@ -8,6 +8,9 @@
         ├── CloudForbidden             (403: the token may not call this)
         ├── CloudModelNotFound         (404: unknown model or provider; NOT_FOUND)
         ├── CloudBadRequest            (400/413/422: refused as invalid; INVALID_ARGUMENT)
+        ├── CloudModelUnavailable      (400 ``model_not_supported``: no enabled provider
+        │                               serves the model; FAILED_PRECONDITION, not the
+        │                               client's fault)
         ├── CloudRateLimited           (429; RESOURCE_EXHAUSTED; retry_after_s when sent)
         ├── CloudServerError           (5xx)
         ├── CloudHTTPError             (any other unexpected status)
@@ -45,6 +48,7 @@ __all__ = [
     "CloudForbidden",
     "CloudHTTPError",
     "CloudModelNotFound",
+    "CloudModelUnavailable",
     "CloudPaymentRequired",
     "CloudProtocolError",
     "CloudRateLimited",
@@ -55,6 +59,7 @@ __all__ = [
     "CloudStreamInterrupted",
     "CloudTimeout",
     "error_for_status",
+    "error_in_stream",
     "map_httpx_error",
     "parse_retry_after",
     "upstream_message",
@@ -90,7 +95,7 @@ class CloudPaymentRequired(CloudRouterError):
     """The account has not enough balance (402)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    kind = "payment"
+    kind = "account_exhausted"
 
 
 class CloudForbidden(CloudRouterError):
@@ -111,6 +116,17 @@ class CloudBadRequest(CloudRouterError):
 
     code = grpc.StatusCode.INVALID_ARGUMENT
     kind = "bad_request"
+
+
+class CloudModelUnavailable(CloudRouterError):
+    """No provider the account has enabled serves this model (400 ``model_not_supported``).
+
+    The model comes from the fleet's policy, not from the client, so this is a condition
+    of the box's configuration (FAILED_PRECONDITION), not an invalid argument.
+    """
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    kind = "model_unavailable"
 
 
 class CloudRateLimited(CloudRouterError):
@@ -272,6 +288,23 @@ def _decode_body(body: bytes) -> object:
         return body.decode("utf-8", errors="replace")
 
 
+def _error_code(payload: object) -> str | None:
+    """The OpenAI-style ``error.code`` (or ``code``) of an error payload, when there is one."""
+    if not isinstance(payload, Mapping):
+        return None
+    error = payload.get("error")
+    code = error.get("code") if isinstance(error, Mapping) else payload.get("code")
+    return code if isinstance(code, str) else None
+
+
+def _model_not_supported(payload: object, detail: str | None) -> bool:
+    # The router says it both ways: an OpenAI object with code "model_not_supported", and
+    # in the message text ("... is not supported by any provider you have enabled").
+    if _error_code(payload) == "model_not_supported":
+        return True
+    return detail is not None and "not supported by any provider" in detail
+
+
 def error_for_status(
     status: int,
     headers: Mapping[str, str],
@@ -280,7 +313,8 @@ def error_for_status(
     secrets: tuple[str, ...] = (),
 ) -> CloudRouterError:
     """Our error for a non-2xx router response."""
-    detail = upstream_message(_decode_body(body), secrets)
+    payload = _decode_body(body)
+    detail = upstream_message(payload, secrets)
     suffix = f": {detail}" if detail else ""
     if status == 401:
         return CloudAuthError(f"the cloud router refused the credential (401){suffix}", status=401)
@@ -290,15 +324,19 @@ def error_for_status(
         )
     if status == 403:
         return CloudForbidden(f"the cloud credential may not do this (403){suffix}", status=403)
-    if status == 404:
-        return CloudModelNotFound(
-            f"the cloud router does not know this model or provider (404){suffix}", status=404
-        )
     if status == 429:
         retry = parse_retry_after(headers.get("retry-after"))
         when = f"; retry after {retry:.0f} s" if retry is not None else ""
         return CloudRateLimited(
             f"the cloud router is rate limiting this box (429){when}{suffix}", retry_after_s=retry
+        )
+    if status in (400, 404, 422) and _model_not_supported(payload, detail):
+        return CloudModelUnavailable(
+            f"no enabled cloud provider serves this model ({status}){suffix}", status=status
+        )
+    if status == 404:
+        return CloudModelNotFound(
+            f"the cloud router does not know this model or provider (404){suffix}", status=404
         )
     if status in (400, 413, 422):
         return CloudBadRequest(
@@ -307,3 +345,34 @@ def error_for_status(
     if 500 <= status <= 599:
         return CloudServerError(f"the cloud router failed ({status}){suffix}", status=status)
     return CloudHTTPError(f"the cloud router answered {status}{suffix}", status=status)
+
+
+def error_in_stream(payload: object, secrets: tuple[str, ...] = ()) -> CloudRouterError:
+    """Our error for an ``error`` event inside a 200 stream.
+
+    Providers put the HTTP status they would have sent in ``error.code`` or
+    ``error.status_code`` (a number or a numeric string); the account and model states
+    must not hide behind a generic stream error.
+    """
+    detail = upstream_message(payload, secrets)
+    error = payload.get("error") if isinstance(payload, Mapping) else None
+    status: int | None = None
+    if isinstance(error, Mapping):
+        for key in ("status_code", "status", "code"):
+            value = error.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                status = value
+            elif isinstance(value, str) and value.isdigit():
+                status = int(value)
+            if status is not None:
+                break
+    if _model_not_supported(payload, detail) or status in (401, 402, 403, 429):
+        return error_for_status(
+            status or 400,
+            {},
+            json.dumps(payload).encode() if isinstance(payload, Mapping) else b"",
+            secrets=secrets,
+        )
+    return CloudStreamError(
+        "the cloud provider reported an error mid-stream" + (f": {detail}" if detail else "")
+    )

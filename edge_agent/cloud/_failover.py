@@ -3,10 +3,11 @@
 * The cloud fails (any ``CloudError``, or no first token within ``first_token_timeout_s``)
   before its first token: the local stream is started from scratch and the client sees only
   local chunks. Nothing was shown, so this is transparent.
-* The cloud fails after its first token (an error, a cut, or no chunk within
-  ``inter_chunk_timeout_s``): mode ``continue_local`` starts the local stream with the text
-  produced so far (the engine continues the assistant turn from it); mode ``fail`` ends the
-  stream with ``CloudStreamInterrupted`` so the client knows the answer is incomplete.
+* The cloud fails after its first token (an error, a cut, no chunk within
+  ``inter_chunk_timeout_s``, or it has not finished by ``cloud_deadline``): mode
+  ``continue_local`` starts the local stream with the text produced so far (the engine
+  continues the assistant turn from it); mode ``fail`` ends the stream with
+  ``CloudStreamInterrupted`` so the client knows the answer is incomplete.
 
 Each chunk keeps its ``source``, so provenance stays exact after a switch. The cloud
 iterator is always closed (its connection released) before the local one starts. Errors
@@ -66,22 +67,31 @@ async def failover_stream(
     inter_chunk_timeout_s: float,
     on_failover: Callable[[FailoverEvent], None] | None = None,
     observer: OutcomeObserver | None = None,
+    cloud_deadline: float | None = None,
 ) -> AsyncGenerator[StreamChunk, None]:
     """One stream from ``cloud``, falling back to ``local(text_so_far)`` as described above.
 
-    The local stream is not put under these deadlines: the engine supervisor and the call's
-    own deadline govern it. ``observer`` (the connectivity monitor) is told about failures
-    only this helper can see (its own deadlines, an early end); the router client reports
-    the others itself.
+    ``cloud_deadline`` (a ``loop.time()`` instant) is when the cloud must have finished so
+    that the local model can still answer before the client's deadline; the caller budgets
+    it. The local stream is not put under these deadlines: the engine supervisor and the
+    call's own deadline govern it. ``observer`` (the connectivity monitor) is told about
+    failures only this helper can see (its own deadlines, an early end); the router client
+    reports the others itself. A mid-stream cut at ``cloud_deadline`` is not reported: the
+    router was answering, just not fast enough for this client.
     """
     loop = asyncio.get_running_loop()
     first_deadline = loop.time() + first_token_timeout_s
+    if cloud_deadline is not None:
+        first_deadline = min(first_deadline, cloud_deadline)
     parts: list[str] = []
     failure: CloudError | None = None
     own_failure = False
     try:
         while True:
             limit = first_deadline if not parts else loop.time() + inter_chunk_timeout_s
+            out_of_time = cloud_deadline is not None and cloud_deadline <= limit
+            if out_of_time and cloud_deadline is not None:
+                limit = cloud_deadline
             try:
                 async with asyncio.timeout_at(limit):
                     chunk = await anext(cloud)
@@ -90,12 +100,13 @@ async def failover_stream(
                 own_failure = True
                 break
             except TimeoutError:
-                failure = CloudTimeout(
-                    "the cloud gave no first token in time"
-                    if not parts
-                    else "the cloud stream stalled between chunks"
-                )
-                own_failure = True
+                if not parts:
+                    failure = CloudTimeout("the cloud gave no first token in time")
+                elif out_of_time:
+                    failure = CloudTimeout("the cloud answer would not finish before the deadline")
+                else:
+                    failure = CloudTimeout("the cloud stream stalled between chunks")
+                own_failure = not (parts and out_of_time)
                 break
             except CloudError as exc:
                 failure = exc

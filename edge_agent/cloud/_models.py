@@ -102,10 +102,18 @@ class ProviderOffer:
     pricing: Pricing | None
     supports_tools: bool | None = None
     supports_structured_output: bool | None = None
+    latency_s: float | None = None  # time to first token the router measured
+    throughput: float | None = None  # tokens per second the router measured
 
     @property
     def live(self) -> bool:
         return self.status == "live"
+
+    def supports(self, *, structured_output: bool = False, tools: bool = False) -> bool:
+        """True only when the catalog says so: an unknown capability counts as missing."""
+        return (not structured_output or self.supports_structured_output is True) and (
+            not tools or self.supports_tools is True
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +164,40 @@ class ModelCatalog:
             output_per_mtok=max(p.output_per_mtok for p in live),
         )
 
+    def choose_provider(
+        self,
+        ref: ModelRef,
+        *,
+        structured_output: bool = False,
+        tools: bool = False,
+        allowed: frozenset[str] | None = None,
+    ) -> str | None:
+        """A live provider of ``ref`` that supports what the request needs, or None.
+
+        A pinned provider is returned only if it qualifies. Otherwise the selection policy
+        picks among the qualifying ones: ``:cheapest`` the lowest output price, ``:fastest``
+        (and no suffix, the router's documented default) the highest throughput,
+        ``:preferred`` the first listed. Pinning the choice keeps the router from landing
+        on a provider without the capability (``:cheapest`` may).
+        """
+        offers = [
+            o
+            for o in self.offers(ref.model_id)
+            if o.live
+            and o.supports(structured_output=structured_output, tools=tools)
+            and (allowed is None or o.provider in allowed)
+            and (ref.provider is None or o.provider == ref.provider)
+        ]
+        if not offers:
+            return None
+        if ref.policy == "cheapest":
+            priced = [(o.pricing.output_per_mtok, o.provider) for o in offers if o.pricing]
+            if priced:
+                return min(priced)[1]
+        if ref.policy in (None, "fastest") and ref.provider is None:
+            return max(offers, key=lambda o: o.throughput or 0.0).provider
+        return offers[0].provider
+
     def context_length(self, ref: ModelRef) -> int | None:
         """The smallest context any eligible live provider offers (None when unknown)."""
         lengths = [
@@ -195,6 +237,7 @@ def _offer(raw: object) -> ProviderOffer | None:
             pricing = Pricing(price_in, price_out)
     tools = raw.get("supports_tools")
     structured = raw.get("supports_structured_output")
+    latency, throughput = _decimal(raw.get("latency")), _decimal(raw.get("throughput"))
     return ProviderOffer(
         provider=provider,
         status=status if isinstance(status, str) else "unknown",
@@ -204,6 +247,8 @@ def _offer(raw: object) -> ProviderOffer | None:
         pricing=pricing,
         supports_tools=tools if isinstance(tools, bool) else None,
         supports_structured_output=structured if isinstance(structured, bool) else None,
+        latency_s=float(latency) if latency is not None else None,
+        throughput=float(throughput) if throughput is not None else None,
     )
 
 

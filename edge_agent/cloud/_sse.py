@@ -14,7 +14,7 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
-from edge_agent.cloud._errors import CloudProtocolError, CloudStreamError, upstream_message
+from edge_agent.cloud._errors import CloudProtocolError, error_in_stream
 from edge_agent.cloud._types import Usage
 
 __all__ = ["DONE", "CompletionDelta", "SSEEvent", "SSEParser", "iter_sse", "parse_completion"]
@@ -146,9 +146,9 @@ def _count(value: object) -> int:
 def parse_completion(event: SSEEvent, secrets: tuple[str, ...] = ()) -> CompletionDelta:
     """Decode one data event of a streamed chat completion (not ``[DONE]``).
 
-    Raises CloudStreamError for an in-stream ``error`` object and CloudProtocolError for
-    anything that is not a chat-completion chunk. (``dict`` checks, not ``Mapping``: the
-    input is always ``json.loads`` output and this runs once per token.)
+    Raises the mapped error (``error_in_stream``) for an in-stream ``error`` object and
+    CloudProtocolError for anything that is not a chat-completion chunk. (``dict`` checks,
+    not ``Mapping``: the input is always ``json.loads`` output and this runs once per token.)
     """
     try:
         payload = json.loads(event.data)
@@ -157,10 +157,7 @@ def parse_completion(event: SSEEvent, secrets: tuple[str, ...] = ()) -> Completi
     if not isinstance(payload, dict):
         raise CloudProtocolError("the cloud event stream carried a non-object event")
     if "error" in payload or event.event == "error":
-        detail = upstream_message(payload, secrets)
-        raise CloudStreamError(
-            "the cloud provider reported an error mid-stream" + (f": {detail}" if detail else "")
-        )
+        raise error_in_stream(payload, secrets)
     choices = payload.get("choices", [])
     if not isinstance(choices, list):
         raise CloudProtocolError("the cloud chunk has no choices list")

@@ -13,11 +13,15 @@ from typing import Literal
 
 from edge_agent.errors import InvalidArgument
 
-__all__ = ["ChatMessage", "CloudChatRequest", "Source", "StreamChunk", "Usage"]
+__all__ = ["ChatMessage", "CloudAttempt", "CloudChatRequest", "Source", "StreamChunk", "Usage"]
 
 Source = Literal["local", "cloud"]
 
 _ROLES = frozenset({"system", "user", "assistant"})
+# Failure kinds that mean the request was refused before anything was generated.
+_REFUSALS = frozenset(
+    {"auth", "forbidden", "account_exhausted", "rate_limited", "model_unavailable", "not_found"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,3 +101,28 @@ class CloudChatRequest:
             raise InvalidArgument("top_p", "must be in (0, 1]")
         if len(self.stop) > 4:
             raise InvalidArgument("stop", "at most 4 stop strings")
+
+
+@dataclass(slots=True)
+class CloudAttempt:
+    """What one chat request did on the wire; ``stream_chat`` fills it in as it goes.
+
+    ``sent``: the request may have reached the router (bytes may have been written; only a
+    failure to connect proves they were not). ``status``: the HTTP status the router
+    answered, None when it never answered. ``accepted``: a 200 event stream began, so a
+    provider took the request and may bill it even if we stop reading.
+    """
+
+    sent: bool = False
+    status: int | None = None
+    accepted: bool = False
+    provider: str | None = None
+    error_kind: str | None = None
+
+    @property
+    def may_be_billed(self) -> bool:
+        """Whether a provider may charge for it: sent, and not refused (an error status, or
+        a refusal inside the stream: no balance, rate limit, credential, model)."""
+        if self.error_kind in _REFUSALS:
+            return False
+        return self.sent and (self.status is None or self.accepted)

@@ -109,6 +109,13 @@ class Metrics:
             registry=r,
         )
         self._connectivity_states: set[str] = set()
+        self._connectivity_reason = Gauge(
+            _P + "connectivity_reason",
+            "1 for why the cloud route is in its state (account_exhausted, rate_limited, ...).",
+            ["reason"],
+            registry=r,
+        )
+        self._connectivity_reasons: set[str] = set()
         self._model = Gauge(
             _P + "model_info", "The model the local engine serves.",
             ["model", "version", "provider"], registry=r,
@@ -180,14 +187,23 @@ class Metrics:
         self._budget_tokens.set(used_tokens)
         self._budget_usd.set(used_usd)
 
-    def set_connectivity(self, state: str) -> None:
-        """``online``, ``degraded``, ``offline``...: 1 for it, 0 for every state seen before."""
+    def set_connectivity(self, state: str, reason: str = "") -> None:
+        """``online``, ``degraded``, ``offline``...: 1 for it, 0 for every state seen before;
+        the same for ``reason`` (``ok``, ``account_exhausted``, ``rate_limited``...)."""
         state = self._label("connectivity", state)
         with self._lock:
             self._connectivity_states.add(state)
             states = sorted(self._connectivity_states)
         for known in states:
             self._connectivity.labels(known).set(1 if known == state else 0)
+        if not reason:
+            return
+        reason = self._label("connectivity_reason", reason)
+        with self._lock:
+            self._connectivity_reasons.add(reason)
+            reasons = sorted(self._connectivity_reasons)
+        for known in reasons:
+            self._connectivity_reason.labels(known).set(1 if known == reason else 0)
 
     def set_model(self, model: str, version: str, provider: str) -> None:
         self._model.clear()

@@ -4,8 +4,11 @@ from edge_agent.router._budget import BudgetLedger, BudgetUsage, Reservation
 from edge_agent.router._cli import add_policy_commands, describe_policy
 from edge_agent.router._decide import (
     BLOCKERS,
+    LOCAL_CAN_ANSWER,
+    MIN_CLOUD_WINDOW_S,
     NEEDS,
     BudgetView,
+    CloudCheck,
     Decision,
     PressureView,
     RouteRequest,
@@ -30,11 +33,14 @@ from edge_agent.router._model import (
     WindowSet,
     class_rank,
 )
+from edge_agent.router._pace import LocalPace, PaceEstimate
 from edge_agent.router._policystore import POLICY_KIND, PolicyStore, sign_policy, verify_policy
 
 __all__ = [
     "BLOCKERS",
     "DATA_CLASSES",
+    "LOCAL_CAN_ANSWER",
+    "MIN_CLOUD_WINDOW_S",
     "NEEDS",
     "POLICY_KIND",
     "BudgetLedger",
@@ -42,10 +48,13 @@ __all__ = [
     "BudgetView",
     "Budgets",
     "ClientRule",
+    "CloudCheck",
     "Decision",
     "EffectivePolicy",
+    "LocalPace",
     "LocalPolicyOverrides",
     "ModelPrice",
+    "PaceEstimate",
     "PolicyConfig",
     "PolicyDocument",
     "PolicyStore",

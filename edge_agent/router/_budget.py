@@ -3,10 +3,12 @@
 A cloud call first reserves its worst case (prompt + max_tokens at the model's worst-case
 price) inside a ``BEGIN IMMEDIATE`` transaction that re-checks every budget against the
 rows on disk, so concurrent requests — threads or processes — cannot together overshoot.
-After the call, :meth:`BudgetLedger.settle` replaces the reservation with the real usage,
-or :meth:`BudgetLedger.release` drops it when nothing was sent. Reservations left by a crash
-stay counted at their worst case (never undercount). Windows are the UTC day and month of
-the reservation.
+After the call, :meth:`BudgetLedger.settle` replaces the reservation with the real usage
+(or keeps the worst case when the provider may have billed without reporting usage), or
+:meth:`BudgetLedger.release` drops it when nothing reached a provider. Reservations left by
+a crash are settled at their worst case by :meth:`BudgetLedger.reconcile` when the daemon
+starts (never undercount: nobody knows what the provider did). Windows are the UTC day and
+month of the reservation.
 """
 
 from __future__ import annotations
@@ -201,6 +203,25 @@ class BudgetLedger:
     def release(self, reservation: Reservation) -> None:
         """Drop a reservation whose call never reached the provider."""
         self._close_reservation(reservation.id, "released", 0, 0.0)
+
+    def reconcile(self) -> int:
+        """Settle every open reservation at its worst case; returns how many.
+
+        Only for the daemon's start, before it reserves anything itself: an open
+        reservation then belongs to a process that died mid-call.
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._db.execute(
+                    "UPDATE entries SET state = 'settled' WHERE state = 'reserved'"
+                )
+                count = cur.rowcount
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return max(count, 0)
 
     def usage(self, now: datetime) -> BudgetUsage:
         with self._lock:

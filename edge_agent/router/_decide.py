@@ -5,6 +5,10 @@ and nothing forbids it (no *blocker*). A hard need (the prompt does not fit the 
 context, or the local engine refuses new work) with a blocker is rejected; a soft need
 (pressure, deadline at risk, larger model asked for) with a blocker still runs locally.
 
+A client deadline is budgeted: a soft need escalates only when the deadline leaves the
+cloud a useful window (``MIN_CLOUD_WINDOW_S``) after the time a local answer is expected to
+take (``local_answer_s``), so a late cloud can still fall back to a local answer in time.
+
 Reasons are machine-readable: ``local.default``, ``cloud.<need>``,
 ``local.<need>_but_<blocker>``, ``reject.<need>_and_<blocker>``.
 """
@@ -20,8 +24,11 @@ from edge_agent.router._model import DATA_CLASSES, EffectivePolicy, ModelPrice, 
 
 __all__ = [
     "BLOCKERS",
+    "LOCAL_CAN_ANSWER",
+    "MIN_CLOUD_WINDOW_S",
     "NEEDS",
     "BudgetView",
+    "CloudCheck",
     "Decision",
     "PressureView",
     "RouteRequest",
@@ -48,8 +55,19 @@ BLOCKERS = (
     "cloud_disabled",
     "offline",
     "connectivity_degraded",
+    "model_unavailable",
+    "no_capable_provider",
+    "deadline_too_short",
     "budget_exhausted",
 )
+# Needs where the local model could answer in time: the deadline must leave room for it.
+LOCAL_CAN_ANSWER = frozenset({"large_model_requested", "pressure_critical"})
+# Less time than this for the cloud's first token is not worth a round trip.
+MIN_CLOUD_WINDOW_S = 0.3
+
+# (model, provider or selection) -> (provider to use, blocker or None): the router's live
+# catalog and account state (model unavailable, capabilities), read by the caller.
+CloudCheck = Callable[[str, str | None], tuple[str | None, str | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +81,7 @@ class RouteRequest:
     local_context_length: int
     local_queue_wait_s: float
     model: str | None = None
+    local_answer_s: float | None = None  # expected time of a whole local answer, with reserve
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,11 +182,13 @@ def decide(
     policy: EffectivePolicy,
     budget: BudgetView | Callable[[], BudgetView],
     now: datetime,
+    cloud_check: CloudCheck | None = None,
 ) -> Decision:
     """Where ``request`` runs. Pure: same inputs, same decision; no I/O, no clock.
 
     ``budget`` may be a function that reads the view: it is called only when the cloud is
     still a candidate, so the common local answer never pays for the ledger read.
+    ``cloud_check`` (from the live catalog) may name another provider or a blocker.
     """
     data_class = resolve_data_class(request.data_class, policy)
     need = _need(request, pressure)
@@ -205,6 +226,16 @@ def decide(
             blocker = None if hard else "connectivity_degraded"
         elif connectivity != "online":
             blocker = "offline"
+        if blocker is None and model is not None and cloud_check is not None:
+            provider, blocker = cloud_check(model, provider)
+        if (
+            blocker is None
+            and need in LOCAL_CAN_ANSWER
+            and request.deadline_s is not None
+            and request.local_answer_s is not None
+            and request.deadline_s - request.local_answer_s < MIN_CLOUD_WINDOW_S
+        ):
+            blocker = "deadline_too_short"
         if blocker is None and model is not None:
             if callable(budget):
                 budget = budget()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
@@ -28,7 +29,6 @@ class StatusView:
     uptime_s: float
     pressure: PressureSnapshot | None = None
     connectivity: ConnectivitySnapshot | None = None
-    connectivity_probe_age_s: float = 0.0
     tls_fingerprint: str = ""
     device_id: str = ""
 
@@ -97,11 +97,16 @@ def status_to_proto(view: StatusView) -> pb.GetStatusResponse:
         response.pressure.CopyFrom(_pressure(view.pressure))
     if view.connectivity is not None:
         c = view.connectivity
+        age = c.probe_age_s(time.time())
         response.connectivity.CopyFrom(
             pb.ConnectivityStatus(
                 state=str(c.state.value),
                 circuit=str(c.breaker.value),
-                last_probe_age_s=view.connectivity_probe_age_s,
+                last_probe_age_s=-1.0 if age is None else age,
+                reason=c.reason,
+                retry_in_s=c.retry_in_s or 0.0,
+                last_failure_kind=c.last_failure_kind or "",
+                unavailable_models=list(c.unavailable_models),
             )
         )
     return response

@@ -55,6 +55,7 @@ class Reply:
     usage: bool = True
     crlf: bool = False
     content_type: str = "text/event-stream; charset=utf-8"
+    error_payload: Any = None  # then="error": the event's JSON (default: a server error)
 
 
 @dataclass
@@ -142,6 +143,12 @@ class FakeRouter:
         """Queue behaviours for the next chat requests (then the default reply)."""
         with self._lock:
             self._chat.extend(behaviours)
+
+    def reset(self) -> None:
+        """Forget queued behaviours (the next requests get the default answers)."""
+        with self._lock:
+            self._chat.clear()
+            self._models.clear()
 
     def on_models(self, *behaviours: Behaviour) -> None:
         with self._lock:
@@ -368,7 +375,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._chunk(b"data: \xff\xfe" + eol + eol)
             self._chunk(b"")
         elif reply.then == "error":
-            self._event({"error": {"message": "provider overloaded", "type": "server_error"}}, eol)
+            payload = reply.error_payload or {
+                "error": {"message": "provider overloaded", "type": "server_error"}
+            }
+            self._event(payload, eol)
             self._chunk(b"")
         elif reply.then == "drip":
             partial = json.dumps(frame({"content": "never completes"}, None)).encode()

@@ -176,7 +176,7 @@ async def test_real_request_outcomes_feed_the_breaker(
     router.on_chat(Status(402))
     with pytest.raises(CloudRouterError):
         await chat()
-    assert monitor.snapshot().reason == "payment_required"
+    assert monitor.snapshot().reason == "account_exhausted"
 
 
 async def test_slow_round_trips_mean_degraded(router: FakeRouter, make_client: MakeClient) -> None:

@@ -4,7 +4,8 @@ Public data asking for the large model goes to the cloud when it works; whatever
 does (drip bytes forever, accept and never answer, fail, flap, present an untrusted TLS
 certificate) every chat must end with a final answer from the cloud or the local model,
 within its deadline, and the circuit breaker must open on repeated failures and close again
-once the router recovers.
+once the router recovers. Client deadlines shorter than the cloud's own timeouts still get
+a local answer in time, and no budget reservation is left open at the end.
 """
 
 from __future__ import annotations
@@ -186,17 +187,19 @@ class Watch:
         self._thread.join(timeout=5)
 
 
-def ask(running: RunningAgent, tally: Tally, what: str) -> str | None:
+def ask(
+    running: RunningAgent, tally: Tally, what: str, deadline_s: float = _DEADLINE_S
+) -> str | None:
     """One escalating chat; its provenance reason, or None when it did not end cleanly."""
     tally.cases += 1
     opts = ChatOptions(max_tokens=8, data_class=DataClass.PUBLIC, route=RoutePreference.LARGE_MODEL)
     started = time.monotonic()
     try:
         with Client(running.target) as client:
-            chunks = list(client.chat([("user", "Hello?")], opts, timeout=_DEADLINE_S))
+            chunks = list(client.chat([("user", "Hello?")], opts, timeout=deadline_s))
     except grpc.RpcError as exc:
         if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-            tally.fail("hung", f"{what}: no answer in {_DEADLINE_S:.0f} s")
+            tally.fail("hung", f"{what}: no answer in {deadline_s:.1f} s")
         else:
             tally.fail("wrong_status", f"{what}: {exc.code().name} {exc.details()!r}")
         return None
@@ -223,6 +226,18 @@ def run_cloud_faults(running: RunningAgent, router: FakeRouter, tally: Tally, ro
     busy: Any = engine_idle(running)
     if busy is not None:
         tally.fail("hung", f"the engine still holds requests: {busy}")
+    _no_open_reservations(running, tally)
+
+
+def _no_open_reservations(running: RunningAgent, tally: Tally) -> None:
+    deadline = time.monotonic() + 5
+    reserved = running.agent.ledger.usage(datetime.now(UTC)).reserved
+    while reserved and time.monotonic() < deadline:
+        time.sleep(0.05)
+        reserved = running.agent.ledger.usage(datetime.now(UTC)).reserved
+    tally.figures["open_reservations"] = reserved
+    if reserved:
+        tally.fail("leaks", f"{reserved} budget reservations left open")
 
 
 def _expect(tally: Tally, cond: bool, what: str) -> None:
@@ -282,6 +297,15 @@ def _phases(
     _wait_online(running)
     reason = ask(running, tally, "after flapping")
     _expect(tally, reason is not None and reason.startswith("cloud."), f"final went {reason}")
+    # Deadlines shorter than the cloud's own limits: silence after the headers, a slow
+    # first byte, a drip; each must still end in an answer before the client gives up.
+    for i, fault in enumerate(
+        [Reply(after=0, then="hang"), Reply(first_byte_delay_s=5.0), Reply(after=1, then="drip")]
+    ):
+        _wait_online(running)
+        router.on_chat(fault)
+        ask(running, tally, f"short deadline {i}", deadline_s=1.5)
+    router.reset()
 
 
 def _wait_online(running: RunningAgent, timeout_s: float = 15.0) -> None:

@@ -624,21 +624,43 @@ class ConnectivityStatus(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     CIRCUIT_FIELD_NUMBER: _builtins.int
     LAST_PROBE_AGE_S_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    RETRY_IN_S_FIELD_NUMBER: _builtins.int
+    LAST_FAILURE_KIND_FIELD_NUMBER: _builtins.int
+    UNAVAILABLE_MODELS_FIELD_NUMBER: _builtins.int
     state: _builtins.str
     """"online", "degraded", "offline", "disabled" (air-gapped or no credential)"""
     circuit: _builtins.str
     """"closed", "open", "half_open" """
     last_probe_age_s: _builtins.float
+    """seconds since the last probe finished; -1 before the first"""
+    reason: _builtins.str
+    """Why: "ok", "slow", "recent_failures", "recovering", "unreachable", "not_checked",
+    "account_exhausted" (402), "rate_limited" (429), "credential_rejected" (401/403),
+    "air_gapped", "no_credential".
+    """
+    retry_in_s: _builtins.float
+    """while the breaker is open: when the route is tried again"""
+    last_failure_kind: _builtins.str
+    """e.g. "timeout", "account_exhausted", "rate_limited" """
+    @_builtins.property
+    def unavailable_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """refused as not served by any enabled provider"""
+
     def __init__(
         self,
         *,
         state: _builtins.str = ...,
         circuit: _builtins.str = ...,
         last_probe_age_s: _builtins.float = ...,
+        reason: _builtins.str = ...,
+        retry_in_s: _builtins.float = ...,
+        last_failure_kind: _builtins.str = ...,
+        unavailable_models: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit", b"circuit", "last_probe_age_s", b"last_probe_age_s", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit", b"circuit", "last_failure_kind", b"last_failure_kind", "last_probe_age_s", b"last_probe_age_s", "reason", b"reason", "retry_in_s", b"retry_in_s", "state", b"state", "unavailable_models", b"unavailable_models"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

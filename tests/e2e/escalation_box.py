@@ -1,0 +1,98 @@
+"""The escalating box of the end-to-end tests: signed policy, sealed token, stand-in router."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from daemon_harness import RunningAgent, make_config, start_agent, stop_agent
+from fake_router import DEFAULT_MODEL, FakeRouter
+
+from edge_agent.config import AgentConfig
+from edge_agent.credentials import DeviceIdentity, SecretToken, seal_credential
+from edge_agent.router import sign_policy
+
+TOKEN = "hf_E2Esentinel_9f8e7d6c5b4a3210"
+
+POLICY = f"""
+version = 1
+default_data_class = "restricted"
+
+[data_classes]
+public = "cloud"
+internal = "local"
+confidential = "local"
+restricted = "local"
+
+[budget]
+daily_tokens = 100000
+monthly_tokens = 1000000
+daily_usd = 5.0
+monthly_usd = 50.0
+
+[cloud]
+default_model = "{DEFAULT_MODEL}"
+provider = "together"
+
+[cloud.models."{DEFAULT_MODEL}"]
+input_usd_per_mtok = 0.5
+output_usd_per_mtok = 1.0
+
+[clients."*"]
+escalation = true
+max_cloud_data_class = "public"
+"""
+
+
+def box_config(tmp: Path, router: FakeRouter, **cloud: Any) -> AgentConfig:
+    """A box whose signed policy sends public data to the stand-in router (sealed token)."""
+    fleet = ec.generate_private_key(ec.SECP256R1())
+    pub = tmp / "fleet.pub.pem"
+    pub.write_bytes(
+        fleet.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    base = make_config(tmp)
+    config = dataclasses.replace(
+        base,
+        cloud=dataclasses.replace(
+            base.cloud, base_url=router.base_url, probe_interval_s=3600, **cloud
+        ),
+        policy=dataclasses.replace(base.policy, trusted_keys=(pub,)),
+        credentials=dataclasses.replace(base.credentials, trusted_keys=(pub,)),
+    )
+    policy_path = config.policy.signed_policy_path
+    policy_path.parent.mkdir(parents=True, exist_ok=True)
+    policy_path.write_bytes(sign_policy(POLICY, fleet))
+    device = DeviceIdentity.load_or_create(config.credentials.device_key)
+    envelope = seal_credential(
+        SecretToken(TOKEN),
+        device_public_key=device.public_key,
+        fleet_key=fleet,
+        expires_at=datetime.now(UTC) + timedelta(days=1),
+        allowed_models=[DEFAULT_MODEL],
+    )
+    config.credentials.envelope_path.parent.mkdir(parents=True, exist_ok=True)
+    config.credentials.envelope_path.write_bytes(envelope)
+    return config
+
+
+def run_box(config: AgentConfig, caplog: pytest.LogCaptureFixture) -> Iterator[RunningAgent]:
+    """Start the daemon, probe the router once, and stop it after the test (token-free logs)."""
+    caplog.set_level(logging.DEBUG)
+    running, thread = start_agent(config)
+    running.call(running.agent.connectivity.probe_now())
+    try:
+        yield running
+    finally:
+        stop_agent(running, thread)
+        # The token lives in memory only: no log line of the whole run carries it.
+        assert TOKEN not in caplog.text
