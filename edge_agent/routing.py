@@ -273,7 +273,9 @@ class ChatRouter:
         model = decision.cloud_model or ""
         ref = f"{model}:{decision.cloud_provider}" if decision.cloud_provider else model
         request = CloudChatRequest(
-            messages=tuple(ChatMessage(m.role, m.content) for m in spec.messages),
+            messages=tuple(
+                ChatMessage(m.role, m.content, m.tool_calls, m.tool_call_id) for m in spec.messages
+            ),
             model=ref,
             max_tokens=spec.max_tokens or _CLOUD_DEFAULT_MAX_TOKENS,
             temperature=spec.temperature,
@@ -281,6 +283,9 @@ class ChatRouter:
             stop=spec.stop,
             seed=spec.seed,
             json_schema=spec.json_schema,
+            tools=spec.tools,
+            tool_choice=spec.tool_choice,
+            parallel_tool_calls=spec.parallel_tool_calls,
         )
         remaining = (call.deadline - time.monotonic()) if call.deadline else None
         failovers: list[FailoverEvent] = []
@@ -335,9 +340,11 @@ class ChatRouter:
                         reservation, answer, outcome.model, served_by[1]
                     )
                     settled = True
+                    finish = "length" if chunk.finish_reason == "length" else "stop"
                     yield ChatChunk(
                         delta=chunk.delta,
-                        finish_reason="length" if chunk.finish_reason == "length" else "stop",
+                        finish_reason="tool_calls" if chunk.tool_calls else finish,
+                        tool_calls=chunk.tool_calls,
                         usage=answer,
                         provenance=Provenance(
                             destination="cloud",

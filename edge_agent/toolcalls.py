@@ -14,21 +14,27 @@ guidance over the tools' parameter schemas; the answer is then the bare list.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import string
 from collections.abc import Sequence
 from typing import Any
 
-from edge_agent.engine import ToolCall, ToolSpec
+from edge_agent.engine import Message, ToolCall, ToolSpec
+from edge_agent.errors import InvalidArgument
 
 __all__ = [
+    "MAX_TOOLS",
     "TOOL_CALLS_MARKER",
     "ToolCallReader",
+    "check_conversation",
+    "check_tool_name",
     "compact_guidance",
     "forced_call_schema",
     "is_forced",
     "new_tool_call_id",
     "parse_tool_calls",
+    "tool_parameters",
 ]
 
 TOOL_CALLS_MARKER = "[TOOL_CALLS]"
@@ -39,6 +45,61 @@ _ID_CHARS = string.ascii_letters + string.digits
 _ID_LENGTH = 9  # Mistral's tool-call ids: 9 alphanumerics
 # llguidance's compact JSON: no optional whitespace, so a model cannot pad until max_tokens.
 _COMPACT = {"whitespace_flexible": False}
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_CHOICE_WORDS = ("auto", "none", "required")
+_MAX_SCHEMA_CHARS = 64 * 1024
+MAX_TOOLS = 128
+
+
+# -- request checks both APIs share (field names as the client spelled them) -------------
+
+
+def check_tool_name(field: str, name: str, seen: set[str]) -> None:
+    if not _TOOL_NAME.fullmatch(name) or name in _CHOICE_WORDS:
+        raise InvalidArgument(
+            field, "must be 1-64 letters, digits, '_' or '-' (and not auto, none or required)"
+        )
+    if name in seen:
+        raise InvalidArgument(field, f"duplicate tool {name!r}")
+    seen.add(name)
+
+
+def tool_parameters(field: str, schema: object) -> str:
+    """A tool's parameter schema as compact JSON text; it must describe an object."""
+    if not isinstance(schema, dict) or schema.get("type", "object") != "object":
+        raise InvalidArgument(field, "must be a JSON Schema of type object")
+    text = json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
+    if len(text) > _MAX_SCHEMA_CHARS:
+        raise InvalidArgument(field, "too large")
+    return text
+
+
+def check_conversation(messages: Sequence[Message]) -> None:
+    """Tool turns answer earlier calls; the model answers a user or a tool turn."""
+    called: set[str] = set()
+    for i, m in enumerate(messages):
+        if m.tool_calls and m.role != "assistant":
+            raise InvalidArgument(f"messages[{i}].tool_calls", "only assistant messages call")
+        for j, call in enumerate(m.tool_calls):
+            try:
+                arguments = json.loads(call.arguments)
+            except ValueError:
+                arguments = None
+            if not isinstance(arguments, dict):
+                raise InvalidArgument(
+                    f"messages[{i}].tool_calls[{j}].function.arguments", "must be a JSON object"
+                )
+            called.add(call.id)
+        if m.role == "tool" and m.tool_call_id not in called:
+            raise InvalidArgument(
+                f"messages[{i}].tool_call_id", "answers no call of an earlier assistant message"
+            )
+        if m.role != "tool" and m.tool_call_id:
+            raise InvalidArgument(f"messages[{i}].tool_call_id", "only tool messages answer a call")
+    if messages[-1].role not in ("user", "tool"):
+        raise InvalidArgument("messages", "the last message must be from the user or a tool")
+    if not any(m.content.strip() for m in messages if m.role in ("user", "tool")):
+        raise InvalidArgument("messages", "needs a non-empty user message")
 
 
 def new_tool_call_id() -> str:

@@ -11,13 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from edge_agent.engine._types import ToolCall, ToolSpec
 from edge_agent.errors import InvalidArgument
 
 __all__ = ["ChatMessage", "CloudChatRequest", "Source", "StreamChunk", "Usage"]
 
 Source = Literal["local", "cloud"]
 
-_ROLES = frozenset({"system", "user", "assistant"})
+_ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,8 @@ class StreamChunk:
     usage: Usage | None = None
     model: str | None = None
     provider: str | None = None
+    # Complete calls (the cloud's fragments joined), on the final chunk.
+    tool_calls: tuple[ToolCall, ...] = ()
 
     def __post_init__(self) -> None:
         if self.source not in ("local", "cloud"):
@@ -63,6 +66,8 @@ class ChatMessage:
 
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
 
     def __post_init__(self) -> None:
         if self.role not in _ROLES:
@@ -85,6 +90,10 @@ class CloudChatRequest:
     stop: tuple[str, ...] = field(default=())
     seed: int | None = None
     json_schema: str | None = None
+    # Passed to the provider as OpenAI's tools / tool_choice / parallel_tool_calls.
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str = "auto"  # "auto", "none", "required" or a tool name
+    parallel_tool_calls: bool = True
 
     def __post_init__(self) -> None:
         if not self.messages:

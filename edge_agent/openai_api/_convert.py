@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -29,6 +28,7 @@ from edge_agent.openai_api._schema import (
     UsageOut,
     field_names,
 )
+from edge_agent.toolcalls import MAX_TOOLS, check_conversation, check_tool_name, tool_parameters
 
 if TYPE_CHECKING:
     from edge_agent.config import EngineConfig
@@ -44,10 +44,7 @@ __all__ = [
 ]
 
 _FIELDS = field_names()
-_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_RESERVED_CHOICES = ("auto", "none", "required")
 _MAX_SCHEMA_CHARS = 64 * 1024
-_MAX_TOOLS = 128
 _MAX_SEED = 2**63 - 1
 _CLASSES = {
     "public": DataClass.PUBLIC,
@@ -111,26 +108,10 @@ def _message(i: int, m: MessageIn, limits: EngineConfig) -> Message:
     if "\x00" in content:
         raise InvalidArgument(f"{field}.content", "must not contain NUL characters")
     role = "system" if m.role == "developer" else m.role
-    calls: list[ToolCall] = []
-    if m.tool_calls:
-        if role != "assistant":
-            raise InvalidArgument(f"{field}.tool_calls", "only assistant messages make calls")
-        for j, c in enumerate(m.tool_calls):
-            try:
-                args = json.loads(c.function.arguments)
-            except ValueError:
-                args = None
-            if not isinstance(args, dict):
-                raise InvalidArgument(
-                    f"{field}.tool_calls[{j}].function.arguments", "must be a JSON object"
-                )
-            calls.append(ToolCall(c.id, c.function.name, c.function.arguments))
-    if role == "tool":
-        if not m.tool_call_id:
-            raise InvalidArgument(f"{field}.tool_call_id", "is required for a tool message")
-    elif m.tool_call_id:
-        raise InvalidArgument(f"{field}.tool_call_id", "only tool messages answer a call")
-    return Message(role, content, tuple(calls), m.tool_call_id or "")
+    if role == "tool" and not m.tool_call_id:
+        raise InvalidArgument(f"{field}.tool_call_id", "is required for a tool message")
+    calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ())
+    return Message(role, content, calls, m.tool_call_id or "")
 
 
 def _messages(req: ChatCompletionRequest, limits: EngineConfig) -> tuple[Message, ...]:
@@ -139,52 +120,23 @@ def _messages(req: ChatCompletionRequest, limits: EngineConfig) -> tuple[Message
     if len(req.messages) > limits.max_messages:
         raise InvalidArgument("messages", f"at most {limits.max_messages} messages")
     out = tuple(_message(i, m, limits) for i, m in enumerate(req.messages))
-    called = {c.id for m in out for c in m.tool_calls}
-    for i, m in enumerate(out):
-        if m.role == "tool" and m.tool_call_id not in called:
-            raise InvalidArgument(
-                f"messages[{i}].tool_call_id", "answers no call of an earlier assistant message"
-            )
-    if out[-1].role not in ("user", "tool"):
-        raise InvalidArgument("messages", "the last message must be from the user or a tool")
-    if not any(m.content.strip() for m in out if m.role in ("user", "tool")):
-        raise InvalidArgument("messages", "needs a non-empty user message")
+    check_conversation(out)
     return out
-
-
-def _schema_object(field: str, schema: object) -> str:
-    text = json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
-    if len(text) > _MAX_SCHEMA_CHARS:
-        raise InvalidArgument(field, "too large")
-    if not isinstance(schema, dict) or schema.get("type", "object") != "object":
-        raise InvalidArgument(field, "must be a JSON Schema of type object")
-    return text
 
 
 def _tools(req: ChatCompletionRequest) -> tuple[ToolSpec, ...]:
     if not req.tools:
         return ()
-    if len(req.tools) > _MAX_TOOLS:
-        raise InvalidArgument("tools", f"at most {_MAX_TOOLS} tools")
-    out, seen = [], set()
+    if len(req.tools) > MAX_TOOLS:
+        raise InvalidArgument("tools", f"at most {MAX_TOOLS} tools")
+    out: list[ToolSpec] = []
+    seen: set[str] = set()
     for i, t in enumerate(req.tools):
-        name = t.function.name
-        if not _TOOL_NAME.fullmatch(name) or name in _RESERVED_CHOICES:
-            raise InvalidArgument(
-                f"tools[{i}].function.name",
-                "must be 1-64 letters, digits, '_' or '-' (and not auto, none or required)",
-            )
-        if name in seen:
-            raise InvalidArgument(f"tools[{i}].function.name", f"duplicate tool {name!r}")
-        seen.add(name)
-        params = t.function.parameters if t.function.parameters is not None else {}
-        out.append(
-            ToolSpec(
-                name,
-                t.function.description,
-                _schema_object(f"tools[{i}].function.parameters", params),
-            )
-        )
+        f = t.function
+        check_tool_name(f"tools[{i}].function.name", f.name, seen)
+        params = f.parameters if f.parameters is not None else {}
+        schema = tool_parameters(f"tools[{i}].function.parameters", params)
+        out.append(ToolSpec(f.name, f.description, schema))
     return tuple(out)
 
 
