@@ -7,6 +7,7 @@ usage, timing and provenance to the final chunk.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -173,7 +174,8 @@ class InferenceService:
         except EdgeAgentError as exc:
             outcome = exc.code.name.lower()
             raise
-        except GeneratorExit:
+        except (GeneratorExit, asyncio.CancelledError):
+            # Closed by its consumer, or its task cancelled (client gone, deadline).
             outcome = "cancelled"
             raise
         finally:
