@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.cloud._errors import CloudProtocolError
 from edge_agent.cloud._types import ChatMessage, CloudChatRequest
-from edge_agent.engine._types import ToolCall
+
+if TYPE_CHECKING:
+    from edge_agent.engine import ToolCall
 
 __all__ = [
     "ToolCallAssembler",
@@ -106,6 +108,9 @@ class ToolCallAssembler:
                 raise CloudProtocolError("the cloud tool call arguments are too long")
 
     def calls(self) -> tuple[ToolCall, ...]:
+        # Imported here: the engine package imports the config, which imports this package.
+        from edge_agent.engine import ToolCall
+
         return tuple(
             ToolCall(id=p[0], name=p[1], arguments=p[2] or "{}")
             for _, p in sorted(self._parts.items())

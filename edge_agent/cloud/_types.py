@@ -9,10 +9,14 @@ and the failover helper splices them into one stream. Only the last chunk of a s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from edge_agent.engine._types import ToolCall, ToolSpec
 from edge_agent.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    # Only for annotations: importing the engine package here would import the config,
+    # which imports this package (a cycle).
+    from edge_agent.engine import ToolCall, ToolSpec
 
 __all__ = ["ChatMessage", "CloudChatRequest", "Source", "StreamChunk", "Usage"]
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 _TESTS = Path(__file__).resolve().parent.parent
-if str(_TESTS / "daemon") not in sys.path:
-    sys.path.insert(0, str(_TESTS / "daemon"))
+for _folder in ("daemon", "cloud"):  # the daemon harness; the stand-in router
+    if str(_TESTS / _folder) not in sys.path:
+        sys.path.insert(0, str(_TESTS / _folder))
 
 from daemon_harness import RunningAgent, start_agent, stop_agent  # noqa: E402
 from http_harness import http_config, openai_client  # noqa: E402
