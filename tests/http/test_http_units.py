@@ -1,4 +1,4 @@
-"""Reading tool calls back from model text, and the guidance schema of forced calls."""
+"""Units: reading tool calls back from model text, forced-call schemas, the [http] config."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from edge_agent.cli import _load, build_parser
 from edge_agent.config import parse_config
 from edge_agent.engine import ToolSpec
 from edge_agent.errors import ConfigError
@@ -130,3 +131,9 @@ def test_http_config_section(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as info:
             parse_config({"http": bad}, source="t.toml", base=tmp_path)
         assert "t.toml" in info.value.message and "http." in info.value.message
+
+
+def test_the_demo_serves_the_open_http_api_on_8080() -> None:
+    http = _load(build_parser().parse_args(["serve", "--demo"])).http
+    assert http.listen == ("127.0.0.1:8080",)
+    assert http.accept_any_token is True
