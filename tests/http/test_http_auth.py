@@ -64,10 +64,17 @@ def _client(box: RunningAgent, key: str) -> OpenAI:
 def test_tls_with_the_device_certificate_and_a_valid_token(box: RunningAgent) -> None:
     with _client(box, TOKEN) as client:
         completion = client.chat.completions.create(
-            model=LOCAL_MODEL, messages=[{"role": "user", "content": "Hi."}], max_tokens=4
+            model=LOCAL_MODEL,
+            messages=[{"role": "user", "content": "Hi."}],
+            max_tokens=4,
+            extra_headers={"X-Request-Id": "trace-4711"},
         )
     assert completion.choices[0].message.content is not None
     assert (completion.model_extra or {})["edge_provenance"]["destination"] == "local"
+    # Audited under the token's identity, as a gRPC call with the same token would be.
+    record = box.agent.audit.tail(1)[-1]
+    assert record.client_id == "token:hmi"
+    assert record.request_id == "trace-4711"
 
 
 def test_plaintext_is_refused_on_the_tls_port(box: RunningAgent) -> None:
