@@ -273,7 +273,8 @@ class ToolCallReader:
         self._held.append(delta)
         if self._mode == "call":
             return ""
-        head = "".join(self._held).lstrip()
+        # Whitespace does not decide (``[ {"name"`` is the bare list too).
+        head = "".join("".join(self._held).split())
         markers = (TOOL_CALLS_MARKER, _BARE_START)
         if any(m.startswith(head) for m in markers):
             return ""  # still a possible start of a call

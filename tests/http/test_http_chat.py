@@ -281,6 +281,15 @@ def _cancelled(daemon: RunningAgent) -> float:
     return value or 0.0
 
 
+def _wait_cancelled(daemon: RunningAgent, before: float) -> None:
+    """Cancelled (not run to its 1500 tokens, which would count as "ok"), and let go of."""
+    deadline = time.monotonic() + 10
+    while (_cancelled(daemon) == before or _busy(daemon)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _cancelled(daemon) == before + 1
+    assert not _busy(daemon), "the worker let go of the request"
+
+
 def test_client_disconnect_mid_stream_frees_the_slot(daemon: RunningAgent) -> None:
     cancelled_before = _cancelled(daemon)
     body = {
@@ -297,9 +306,21 @@ def test_client_disconnect_mid_stream_frees_the_slot(daemon: RunningAgent) -> No
         assert response.status_code == 200
         next(response.iter_bytes())
     # Leaving the block closed the connection mid-answer (the 1500 tokens take ~1 s).
-    deadline = time.monotonic() + 10
-    while _busy(daemon) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _busy(daemon)
-    # Cancelled, not run to its 1500 tokens (that outcome would be "ok").
-    assert _cancelled(daemon) == cancelled_before + 1
+    _wait_cancelled(daemon, cancelled_before)
+
+
+def test_client_gone_during_a_non_streaming_answer_cancels_it(daemon: RunningAgent) -> None:
+    cancelled_before = _cancelled(daemon)
+    body = {
+        "model": LOCAL_MODEL,
+        "messages": [{"role": "user", "content": "Count to one thousand."}],
+        "max_tokens": 1500,
+        "min_tokens": 1500,
+    }
+    # The client gives up long before the ~1 s answer is complete.
+    with (
+        httpx.Client(base_url=base_url(daemon), timeout=0.2) as http,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        http.post("/v1/chat/completions", json=body)
+    _wait_cancelled(daemon, cancelled_before)

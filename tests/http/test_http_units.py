@@ -89,6 +89,14 @@ def test_reader_turns_a_marked_answer_into_calls() -> None:
     assert [c.name for c in calls] == ["get_time"], "parallel_tool_calls=false keeps one"
 
 
+def test_reader_reads_a_spaced_bare_list() -> None:
+    reader = ToolCallReader(TOOLS, "auto", parallel=True)
+    for part in ["[", " {", '\n  "name": "get_time",', ' "arguments": {}}]']:
+        assert reader.feed(part) == ""
+    _, calls = reader.finish()
+    assert [c.name for c in calls] == ["get_time"]
+
+
 def test_reader_gives_back_a_broken_call_as_text() -> None:
     reader = ToolCallReader(TOOLS, "auto", parallel=True)
     reader.feed('[TOOL_CALLS][{"name": ')
