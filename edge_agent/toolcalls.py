@@ -74,8 +74,12 @@ def tool_parameters(field: str, schema: object) -> str:
     return text
 
 
-def check_conversation(messages: Sequence[Message]) -> None:
-    """Tool turns answer earlier calls; the model answers a user or a tool turn."""
+def check_conversation(messages: Sequence[Message], arguments_field: str = "arguments") -> None:
+    """Tool turns answer earlier calls; the model answers a user or a tool turn.
+
+    ``arguments_field``: where a call's arguments sit in the API's message (OpenAI's
+    ``function.arguments``, gRPC's ``arguments``), for the field an error names.
+    """
     called: set[str] = set()
     for i, m in enumerate(messages):
         if m.tool_calls and m.role != "assistant":
@@ -83,11 +87,11 @@ def check_conversation(messages: Sequence[Message]) -> None:
         for j, call in enumerate(m.tool_calls):
             try:
                 arguments = json.loads(call.arguments)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
                 arguments = None
             if not isinstance(arguments, dict):
                 raise InvalidArgument(
-                    f"messages[{i}].tool_calls[{j}].function.arguments", "must be a JSON object"
+                    f"messages[{i}].tool_calls[{j}].{arguments_field}", "must be a JSON object"
                 )
             called.add(call.id)
         if m.role == "tool" and m.tool_call_id not in called:
@@ -159,7 +163,7 @@ def _decode_prefix(text: str) -> tuple[Any, str] | None:
     """The first JSON value of ``text`` and what follows it; None when there is none."""
     try:
         value, end = json.JSONDecoder().raw_decode(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return value, text[end:]
 

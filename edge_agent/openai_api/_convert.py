@@ -120,7 +120,7 @@ def _messages(req: ChatCompletionRequest, limits: EngineConfig) -> tuple[Message
     if len(req.messages) > limits.max_messages:
         raise InvalidArgument("messages", f"at most {limits.max_messages} messages")
     out = tuple(_message(i, m, limits) for i, m in enumerate(req.messages))
-    check_conversation(out)
+    check_conversation(out, arguments_field="function.arguments")
     return out
 
 

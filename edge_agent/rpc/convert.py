@@ -65,7 +65,7 @@ def _tools(request: pb.ChatRequest) -> tuple[ToolSpec, ...]:
         check_tool_name(f"tools[{i}].name", t.name, seen)
         try:
             params = json.loads(t.parameters_json) if t.parameters_json else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             raise InvalidArgument(f"tools[{i}].parameters_json", "is not valid JSON") from None
         schema = tool_parameters(f"tools[{i}].parameters_json", params)
         out.append(ToolSpec(t.name, t.description, schema))

@@ -211,3 +211,17 @@ def test_grpc_forced_call_and_answer(daemon: RunningAgent) -> None:
             list(stub.Chat(bad, timeout=60))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert (info.value.details() or "").startswith("tool_choice.function_name")
+        not_json = pb.ChatRequest(
+            messages=[
+                request.messages[0],
+                pb.ChatMessage(
+                    role="assistant",
+                    tool_calls=[pb.ToolCall(id=call.id, name=call.name, arguments="[" * 100_000)],
+                ),
+                pb.ChatMessage(role="tool", tool_call_id=call.id, content="x"),
+            ]
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.Chat(not_json, timeout=60))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (info.value.details() or "").startswith("messages[1].tool_calls[0].arguments")
