@@ -112,7 +112,10 @@ def box(tmp_path_factory: pytest.TempPathFactory, router: FakeRouter) -> Iterato
 def test_the_cloud_model_is_listed(box: RunningAgent) -> None:
     with openai_client(box, api_key="demo") as client:
         models = {m.id: m.owned_by for m in client.models.list().data}
+        one = client.models.retrieve(DEFAULT_MODEL)  # "org/model": a path with a slash
     assert models[DEFAULT_MODEL] == "huggingface"
+    assert one.id == DEFAULT_MODEL
+    assert (one.model_extra or {})["edge_destination"] == "cloud"
 
 
 def test_public_tools_reach_the_provider_and_its_call_comes_back(
