@@ -110,8 +110,12 @@ class ToolCallAssembler:
     def calls(self) -> tuple[ToolCall, ...]:
         # Imported here: the engine package imports the config, which imports this package.
         from edge_agent.engine import ToolCall
+        from edge_agent.toolcalls import new_tool_call_id
 
-        return tuple(
-            ToolCall(id=p[0], name=p[1], arguments=p[2] or "{}")
-            for _, p in sorted(self._parts.items())
-        )
+        out = []
+        for _, (call_id, name, arguments) in sorted(self._parts.items()):
+            if not name:
+                raise CloudProtocolError("the cloud tool call has no function name")
+            # A provider that sends no id still gets its call answered: give it one.
+            out.append(ToolCall(call_id or new_tool_call_id(), name, arguments or "{}"))
+        return tuple(out)

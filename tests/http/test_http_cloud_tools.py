@@ -10,7 +10,8 @@ import pytest
 from cloud_helpers import FAKE_TOKEN, fast_config
 from fake_router import FakeRouter, Reply
 
-from edge_agent.cloud import ChatMessage, CloudChatRequest, RouterClient
+from edge_agent.cloud import ChatMessage, CloudChatRequest, CloudProtocolError, RouterClient
+from edge_agent.cloud._tools import ToolCallAssembler, parse_fragments
 from edge_agent.engine import ToolCall, ToolSpec
 
 pytestmark = pytest.mark.timeout(15)
@@ -95,3 +96,41 @@ async def test_no_tools_means_no_tool_fields(router: FakeRouter) -> None:
     assert chunks[-1].finish_reason == "stop" and chunks[-1].tool_calls == ()
     sent = router.chat_requests()[-1].body
     assert "tools" not in sent and "tool_choice" not in sent
+
+
+def test_fragments_join_by_index_and_a_missing_id_is_supplied() -> None:
+    calls = ToolCallAssembler()
+    calls.add(parse_fragments([{"index": 1, "function": {"name": "b", "arguments": '{"x"'}}]))
+    calls.add(
+        parse_fragments(
+            [
+                {"index": 0, "id": "call_a", "function": {"name": "a"}},
+                {"index": 1, "function": {"arguments": ":1}"}},
+            ]
+        )
+    )
+    a, b = calls.calls()
+    assert (a.id, a.name, a.arguments) == ("call_a", "a", "{}")
+    assert (b.name, b.arguments) == ("b", '{"x":1}')
+    assert len(b.id) == 9 and b.id.isalnum()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"index": 0},  # not a list
+        [{"index": -1, "function": {"name": "a"}}],
+        [{"index": 0, "function": {"name": 7}}],
+        [{"index": 0, "function": "a"}],
+    ],
+)
+def test_malformed_fragments_are_protocol_errors(raw: object) -> None:
+    with pytest.raises(CloudProtocolError):
+        parse_fragments(raw)
+
+
+def test_a_call_without_a_name_is_a_protocol_error() -> None:
+    calls = ToolCallAssembler()
+    calls.add(parse_fragments([{"index": 0, "id": "x", "function": {"arguments": "{}"}}]))
+    with pytest.raises(CloudProtocolError):
+        calls.calls()
