@@ -135,8 +135,6 @@ class HttpServer:
         for bound in self._bound:
             bound.server.should_exit = True
         tasks = [b.task for b in self._bound if b.task is not None]
-        if not tasks:
-            return
         try:
             async with asyncio.timeout(self._grace_s + 2.0):
                 await asyncio.gather(*tasks, return_exceptions=True)
@@ -146,5 +144,7 @@ class HttpServer:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        for bound in self._bound:
-            bound.sock.close()
+        finally:
+            # Also the sockets of a start that failed half-way (a later address in use).
+            for bound in self._bound:
+                bound.sock.close()
