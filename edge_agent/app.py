@@ -43,6 +43,7 @@ from edge_agent.errors import ConfigError, EdgeAgentError, Unavailable
 from edge_agent.inference import InferenceService
 from edge_agent.logsetup import handle_loop_exception
 from edge_agent.metrics import Metrics, MetricsServer
+from edge_agent.openai_api import HttpAuth, HttpServer, ModelEntry, build_app, needs_tls
 from edge_agent.pressure import AdmissionController, PressureMonitor, PressureSnapshot
 from edge_agent.router import BudgetLedger, PolicyDocument, PolicyStore
 from edge_agent.routing import ChatRouter
@@ -180,6 +181,8 @@ class Agent:
         self._metrics_server: MetricsServer | None = None
         self._watchdog = WatchdogLoop(self.notifier)
         self._built: BuiltServer | None = None
+        self._http: HttpServer | None = None
+        self._created = int(time.time())
         self._started_at = time.monotonic()
         self._stopping = False
         self._start_failure: str | None = None
@@ -202,6 +205,11 @@ class Agent:
         return [
             self._built.port_of(a) for a in self.config.server.listen if not a.startswith("unix:")
         ]
+
+    @property
+    def http_ports(self) -> list[int]:
+        """The bound TCP port of each ``http.listen`` address, in order."""
+        return self._http.ports if self._http is not None else []
 
     @property
     def metrics_port(self) -> int | None:
@@ -232,6 +240,26 @@ class Agent:
 
     def _models(self) -> list[pb.ModelInfo]:
         return [local_model_info(self.engine.model, self.engine.status())]
+
+    def _model_entries(self) -> list[ModelEntry]:
+        """The HTTP API's models: the local one, then the cloud models policy may use."""
+        model = self.engine.model
+        entries = [
+            ModelEntry(
+                model.name,
+                "local",
+                model.version,
+                self.engine.status().context_length,
+                self._created,
+            )
+        ]
+        policy = self.router.effective_policy()
+        if policy.escalation and not policy.air_gapped:
+            entries += [ModelEntry(name, "cloud", created=self._created) for name in policy.models]
+        return entries
+
+    def _http_ready(self) -> bool:
+        return not self._stopping and self.engine.state == "ready"
 
     def status_view(self) -> StatusView:
         return StatusView(
@@ -331,12 +359,26 @@ class Agent:
         cfg = self.config
         if (
             any(listener.security in ("tls", "mtls") for listener in self._plan)
+            or any(needs_tls(cfg.tls, address) for address in cfg.http.listen)
             or cfg.discovery.enabled
         ):
             self.device_cert = ensure_device_certificate(cfg.tls)
-        auth = AuthInterceptor(
-            Authenticator.from_config(cfg.tls, cfg.auth), RateLimiter(cfg.auth), MethodRoles()
-        )
+        # One authenticator and one set of rate-limit buckets for both front ends.
+        authenticator = Authenticator.from_config(cfg.tls, cfg.auth)
+        limiter = RateLimiter(cfg.auth)
+        auth = AuthInterceptor(authenticator, limiter, MethodRoles())
+        if cfg.http.listen:
+            app = build_app(
+                chat=self._chat,
+                models=self._model_entries,
+                ready=self._http_ready,
+                auth=HttpAuth(authenticator, limiter, accept_any_token=cfg.http.accept_any_token),
+                limits=cfg.engine,
+                max_body_bytes=cfg.http.max_body_bytes,
+            )
+            self._http = HttpServer(
+                app, cfg.http, cfg.tls, self.device_cert, grace_s=cfg.server.grace_s
+            )
         return build_server(
             cfg.server,
             self._api,
@@ -438,6 +480,13 @@ class Agent:
         self._on_engine_state(self.engine.state)
         await self._built.server.start()
         secure_unix_sockets(self._built.bound, self.config.tls.admin_socket_mode)
+        if self._http is not None:
+            await self._http.start()
+            if self.config.http.accept_any_token:
+                _log.warning(
+                    "the HTTP API is an open demo: any API key is accepted from loopback "
+                    "(http.accept_any_token); an installed box refuses unknown tokens"
+                )
         await self._set_health(self.engine.state == "ready")
         await self._advertise()
         await self.connectivity.start()
@@ -474,9 +523,13 @@ class Agent:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2):
                     await self._advertiser.stop()  # goodbye packets: clients forget us now
+        # Both front ends refuse new calls at once and wait up to `grace` for running ones.
+        stops = []
         if self._built is not None:
-            # Refuses new RPCs at once and waits up to `grace` for in-flight streams.
-            await self._built.server.stop(grace)
+            stops.append(self._built.server.stop(grace))
+        if self._http is not None:
+            stops.append(self._http.stop())
+        await asyncio.gather(*stops)
         await self._watchdog.stop()
         if self._inbox_task is not None:
             self._inbox_task.cancel()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from edge_agent.engine import Message
+from edge_agent.engine import Message, ToolCall, ToolSpec
 
 __all__ = [
     "CallContext",
@@ -52,6 +52,11 @@ class ChatSpec:
     data_class: DataClass = DataClass.UNSPECIFIED
     route: RoutePreference = RoutePreference.AUTO
     priority: int = 0
+    tools: tuple[ToolSpec, ...] = ()
+    # "auto", "none", "required", or the name of the tool the model must call.
+    tool_choice: str = "auto"
+    # False: at most one call per answer.
+    parallel_tool_calls: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +91,9 @@ class ChatChunk:
     """One streamed piece of an answer; the last one carries the finish fields."""
 
     delta: str = ""
-    finish_reason: str | None = None  # "stop" or "length" on the final chunk
+    finish_reason: str | None = None  # "stop", "length" or "tool_calls" on the final chunk
+    # Complete calls (never split across chunks); set on the chunk before or on the final one.
+    tool_calls: tuple[ToolCall, ...] = ()
     usage: Usage | None = None
     provenance: Provenance | None = None
     timing: Timing | None = None

@@ -28,9 +28,15 @@ _ROUTES = {"auto": RoutePreference.AUTO, "local": RoutePreference.LOCAL_ONLY,
            "large": RoutePreference.LARGE_MODEL}  # fmt: skip
 
 
+DEMO_HTTP = "127.0.0.1:8080"
+
+
 def _demo_config() -> AgentConfig:
-    """Loopback, unprivileged: state under the user's home, the embedded model."""
-    return default_config(Path.home() / ".local" / "state" / "edge-agent-demo")
+    """Loopback, unprivileged: state under the user's home, the embedded model, and the
+    OpenAI-compatible API open on loopback (any API key; OPENAI_BASE_URL works as is)."""
+    config = default_config(Path.home() / ".local" / "state" / "edge-agent-demo")
+    http = dataclasses.replace(config.http, listen=(DEMO_HTTP,), accept_any_token=True)
+    return dataclasses.replace(config, http=http)
 
 
 def _load(args: argparse.Namespace) -> AgentConfig:
@@ -47,6 +53,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.listen:
         config = dataclasses.replace(
             config, server=dataclasses.replace(config.server, listen=tuple(args.listen))
+        )
+    if args.http:
+        config = dataclasses.replace(
+            config, http=dataclasses.replace(config.http, listen=tuple(args.http))
         )
     setup_logging(config.logging)
     config_path = None if args.demo else Path(args.config)
@@ -193,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=str(DEFAULT_CONFIG_PATH))
     serve.add_argument("--demo", action="store_true", help="loopback demo on the embedded model")
     serve.add_argument("--listen", action="append", help="override server.listen (repeatable)")
+    serve.add_argument(
+        "--http", action="append", help="override http.listen, the OpenAI API (repeatable)"
+    )
     serve.set_defaults(func=_cmd_serve)
 
     chat = sub.add_parser("chat", help="ask the daemon; the answer streams to the terminal")

@@ -29,6 +29,7 @@ __all__ = [
     "KNOWN_PROVIDERS",
     "AgentConfig",
     "EngineConfig",
+    "HttpConfig",
     "LoggingConfig",
     "PathsConfig",
     "ServerConfig",
@@ -59,6 +60,21 @@ class ServerConfig:
     max_concurrent_streams: int = 256
     # glibc malloc arenas of the daemon (edge_agent/_malloc.py); 0 leaves glibc's default.
     malloc_arena_max: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The OpenAI-compatible HTTP API (edge_agent/openai_api). Off unless ``listen`` is set.
+
+    Addresses follow the gRPC rules: plaintext on loopback (or with
+    ``tls.allow_plaintext``), TLS with the device certificate everywhere else.
+    """
+
+    listen: tuple[str, ...] = ()
+    # The open demo: a bearer token the box does not know counts as no token, so loopback
+    # callers (allowed anonymously by auth.allow_anonymous_loopback) may send any API key.
+    accept_any_token: bool = False
+    max_body_bytes: int = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +132,7 @@ class AgentConfig:
     tls: TlsConfig
     auth: AuthConfig
     discovery: DiscoveryConfig
+    http: HttpConfig = HttpConfig()
 
 
 def _parse_paths(r: TableReader, base: Path) -> PathsConfig:
@@ -155,6 +172,26 @@ def _parse_server(r: TableReader) -> ServerConfig:
         ),
         malloc_arena_max=r.integer(
             "malloc_arena_max", d.malloc_arena_max, min_value=0, max_value=1024
+        ),
+    )
+    r.finish()
+    return cfg
+
+
+def _parse_http(r: TableReader) -> HttpConfig:
+    d = HttpConfig()
+    listen = r.string_list("listen", d.listen)
+    for addr in listen:
+        host, sep, port = addr.rpartition(":")
+        if addr.startswith("unix:") or not sep or not host or not port.isdigit():
+            raise r.error("listen", f"{addr!r} is not host:port")
+        if int(port) > 65535:
+            raise r.error("listen", f"{addr!r}: port out of range")
+    cfg = HttpConfig(
+        listen=listen,
+        accept_any_token=r.boolean("accept_any_token", d.accept_any_token),
+        max_body_bytes=r.integer(
+            "max_body_bytes", d.max_body_bytes, min_value=1024, max_value=256 * 1024 * 1024
         ),
     )
     r.finish()
@@ -258,6 +295,7 @@ def parse_config(document: dict[str, Any], *, source: str, base: Path) -> AgentC
         tls=_parse_tls(root.table("tls"), paths),
         auth=_finished(parse_auth_config, root.table("auth")),
         discovery=_finished(parse_discovery_config, root.table("discovery")),
+        http=_parse_http(root.table("http")),
     )
     root.finish()
     return cfg

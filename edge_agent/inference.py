@@ -7,6 +7,7 @@ usage, timing and provenance to the final chunk.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -27,6 +28,7 @@ from edge_agent.pressure import (
     estimate_request_bytes,
     kv_bytes_per_token_from_genai_config,
 )
+from edge_agent.toolcalls import ToolCallReader, compact_guidance, forced_call_schema, is_forced
 
 __all__ = ["InferenceService", "estimate_prompt_tokens"]
 
@@ -38,8 +40,23 @@ _NO_CONTEXT = CallContext()
 
 
 def estimate_prompt_tokens(spec: ChatSpec) -> int:
-    chars = sum(len(m.content) for m in spec.messages)
-    return chars // _CHARS_PER_TOKEN_LOW + _TEMPLATE_TOKENS * len(spec.messages)
+    chars = sum(
+        len(m.content) + sum(len(c.name) + len(c.arguments) for c in m.tool_calls)
+        for m in spec.messages
+    )
+    # Tool definitions are rendered into the prompt too.
+    chars += sum(len(t.name) + len(t.description) + len(t.parameters_json) for t in spec.tools)
+    return chars // _CHARS_PER_TOKEN_LOW + _TEMPLATE_TOKENS * (len(spec.messages) + len(spec.tools))
+
+
+def _guidance(spec: ChatSpec) -> str | None:
+    """The local JSON-schema guidance: a forced call's shape, or the client's schema; both
+    compact, so the model cannot pad with whitespace until max_tokens."""
+    if spec.tools and is_forced(spec.tool_choice):
+        return forced_call_schema(spec.tools, spec.tool_choice, spec.parallel_tool_calls)
+    if spec.json_schema is not None:
+        return compact_guidance(spec.json_schema)
+    return None
 
 
 class InferenceService:
@@ -110,8 +127,10 @@ class InferenceService:
             top_k=spec.top_k,
             seed=spec.seed,
             stop=spec.stop,
-            json_schema=spec.json_schema,
+            json_schema=_guidance(spec),
             assistant_prefix=continue_from,
+            tools=spec.tools,
+            tool_choice=spec.tool_choice,
         )
 
     async def chat(
@@ -142,14 +161,21 @@ class InferenceService:
         try:
             async with gate:
                 t_admitted = time.perf_counter()
-                async for chunk in self._generate(request, t0, t_admitted, reason):
+                reader = (
+                    ToolCallReader(spec.tools, spec.tool_choice, spec.parallel_tool_calls)
+                    if spec.tools and spec.tool_choice != "none" and not continue_from
+                    else None
+                )
+                chunks = self._generate(request, t0, t_admitted, reason, reader)
+                async for chunk in chunks:
                     yield chunk
                     usage, t_first = self._observe(chunk, usage, t_first)
             outcome = "ok"
         except EdgeAgentError as exc:
             outcome = exc.code.name.lower()
             raise
-        except GeneratorExit:
+        except (GeneratorExit, asyncio.CancelledError):
+            # Closed by its consumer, or its task cancelled (client gone, deadline).
             outcome = "cancelled"
             raise
         finally:
@@ -181,7 +207,12 @@ class InferenceService:
         )
 
     async def _generate(
-        self, request: GenerationRequest, t0: float, t_admitted: float, reason: str
+        self,
+        request: GenerationRequest,
+        t0: float,
+        t_admitted: float,
+        reason: str,
+        reader: ToolCallReader | None,
     ) -> AsyncIterator[ChatChunk]:
         model = self._engine.model
         info = self._engine.info
@@ -190,14 +221,19 @@ class InferenceService:
             if isinstance(event, Delta):
                 if t_first is None:
                     t_first = time.perf_counter()
-                yield ChatChunk(delta=event.text)
+                text = reader.feed(event.text) if reader is not None else event.text
+                if text:
+                    yield ChatChunk(delta=text)
             elif isinstance(event, Started):
                 continue
             elif isinstance(event, Finished):
                 end = time.perf_counter()
                 first = t_first if t_first is not None else end
+                tail, calls = reader.finish() if reader is not None else ("", ())
                 yield ChatChunk(
-                    finish_reason=event.finish_reason,
+                    delta=tail,
+                    finish_reason="tool_calls" if calls else event.finish_reason,
+                    tool_calls=calls,
                     usage=Usage(event.prompt_tokens, event.completion_tokens),
                     provenance=Provenance(
                         destination="local",

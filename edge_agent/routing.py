@@ -402,7 +402,9 @@ class ChatRouter:
         ref = f"{model}:{decision.cloud_provider}" if decision.cloud_provider else model
         # Built before the reservation: a request it refuses must not leave one open.
         request = CloudChatRequest(
-            messages=tuple(ChatMessage(m.role, m.content) for m in spec.messages),
+            messages=tuple(
+                ChatMessage(m.role, m.content, m.tool_calls, m.tool_call_id) for m in spec.messages
+            ),
             model=ref,
             max_tokens=spec.max_tokens or _CLOUD_DEFAULT_MAX_TOKENS,
             temperature=spec.temperature,
@@ -410,6 +412,9 @@ class ChatRouter:
             stop=spec.stop,
             seed=spec.seed,
             json_schema=spec.json_schema,
+            tools=spec.tools,
+            tool_choice=spec.tool_choice,
+            parallel_tool_calls=spec.parallel_tool_calls,
         )
         try:
             reservation = await self._reserve(
@@ -483,9 +488,11 @@ class ChatRouter:
                     leg.model, leg.provider = served_by[0] or model, served_by[1] or leg.provider
                     await self._close_cloud_leg(leg, attempt, reservation, cloud_usage, spec)
                     outcome.final_reason = decision.reason
+                    finish = "length" if chunk.finish_reason == "length" else "stop"
                     yield ChatChunk(
                         delta=chunk.delta,
-                        finish_reason="length" if chunk.finish_reason == "length" else "stop",
+                        finish_reason="tool_calls" if chunk.tool_calls else finish,
+                        tool_calls=chunk.tool_calls,
                         usage=Usage(leg.tokens_in, leg.tokens_out),
                         provenance=Provenance(
                             destination="cloud",

@@ -36,6 +36,7 @@ from edge_agent.cloud._errors import (
 )
 from edge_agent.cloud._models import ModelCatalog, ModelRef, parse_model_ref, parse_models_response
 from edge_agent.cloud._sse import DONE, SSEEvent, iter_sse, parse_completion
+from edge_agent.cloud._tools import ToolCallAssembler, message_body, tool_fields
 from edge_agent.cloud._transport import AirGapGuard, tls_context
 from edge_agent.cloud._types import CloudAttempt, CloudChatRequest, StreamChunk, Usage
 from edge_agent.errors import EdgeAgentError, InvalidArgument
@@ -215,7 +216,7 @@ class RouterClient:
     def _chat_body(self, request: CloudChatRequest, ref: ModelRef) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": str(ref),
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": [message_body(m) for m in request.messages],
             "stream": True,
             "stream_options": {"include_usage": True},
         }
@@ -228,6 +229,8 @@ class RouterClient:
         body.update({k: v for k, v in optional.items() if v is not None})
         if request.stop:
             body["stop"] = list(request.stop)
+        if request.tools:
+            body.update(tool_fields(request))
         if request.json_schema is not None:
             try:
                 schema = json.loads(request.json_schema)
@@ -336,6 +339,7 @@ class RouterClient:
         model: str | None = None
         finish: str | None = None
         usage: Usage | None = None
+        calls = ToolCallAssembler()
         done = False
         while True:
             limit = min(deadline, loop.time() + self._config.event_timeout_s)
@@ -355,6 +359,7 @@ class RouterClient:
             model = delta.model or model
             usage = delta.usage or usage
             finish = delta.finish_reason or finish
+            calls.add(delta.tool_calls)
             if delta.content:
                 yield StreamChunk(
                     delta=delta.content, source="cloud", model=model, provider=provider
@@ -370,6 +375,7 @@ class RouterClient:
             usage=usage,
             model=model,
             provider=provider,
+            tool_calls=calls.calls(),
         )
 
     async def list_models(self, *, timeout_s: float | None = None) -> ModelCatalog:

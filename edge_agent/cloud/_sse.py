@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 from edge_agent.cloud._errors import CloudProtocolError, error_in_stream
+from edge_agent.cloud._tools import ToolCallFragment, parse_fragments
 from edge_agent.cloud._types import Usage
 
 __all__ = ["DONE", "CompletionDelta", "SSEEvent", "SSEParser", "iter_sse", "parse_completion"]
@@ -124,6 +125,7 @@ class CompletionDelta:
     finish_reason: str | None
     usage: Usage | None
     model: str | None
+    tool_calls: tuple[ToolCallFragment, ...] = ()
 
 
 def _usage(raw: object) -> Usage | None:
@@ -163,6 +165,7 @@ def parse_completion(event: SSEEvent, secrets: tuple[str, ...] = ()) -> Completi
         raise CloudProtocolError("the cloud chunk has no choices list")
     content = ""
     finish: str | None = None
+    fragments: tuple[ToolCallFragment, ...] = ()
     for choice in choices:
         if not isinstance(choice, dict):
             raise CloudProtocolError("the cloud chunk has a malformed choice")
@@ -175,6 +178,7 @@ def parse_completion(event: SSEEvent, secrets: tuple[str, ...] = ()) -> Completi
         if text is not None and not isinstance(text, str):
             raise CloudProtocolError("the cloud chunk has non-text content")
         content += text or ""
+        fragments += parse_fragments(delta.get("tool_calls"))
         reason = choice.get("finish_reason")
         if reason is not None and not isinstance(reason, str):
             raise CloudProtocolError("the cloud chunk has a malformed finish_reason")
@@ -185,4 +189,5 @@ def parse_completion(event: SSEEvent, secrets: tuple[str, ...] = ()) -> Completi
         finish_reason=finish,
         usage=_usage(payload.get("usage")),
         model=model if isinstance(model, str) and model else None,
+        tool_calls=fragments,
     )

@@ -9,15 +9,20 @@ and the failover helper splices them into one stream. Only the last chunk of a s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from edge_agent.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    # Only for annotations: importing the engine package here would import the config,
+    # which imports this package (a cycle).
+    from edge_agent.engine import ToolCall, ToolSpec
 
 __all__ = ["ChatMessage", "CloudAttempt", "CloudChatRequest", "Source", "StreamChunk", "Usage"]
 
 Source = Literal["local", "cloud"]
 
-_ROLES = frozenset({"system", "user", "assistant"})
+_ROLES = frozenset({"system", "user", "assistant", "tool"})
 # Failure kinds that mean the request was refused before anything was generated.
 _REFUSALS = frozenset(
     {"auth", "forbidden", "account_exhausted", "rate_limited", "model_unavailable", "not_found"}
@@ -55,6 +60,8 @@ class StreamChunk:
     usage: Usage | None = None
     model: str | None = None
     provider: str | None = None
+    # Complete calls (the cloud's fragments joined), on the final chunk.
+    tool_calls: tuple[ToolCall, ...] = ()
 
     def __post_init__(self) -> None:
         if self.source not in ("local", "cloud"):
@@ -67,6 +74,8 @@ class ChatMessage:
 
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
 
     def __post_init__(self) -> None:
         if self.role not in _ROLES:
@@ -89,6 +98,10 @@ class CloudChatRequest:
     stop: tuple[str, ...] = field(default=())
     seed: int | None = None
     json_schema: str | None = None
+    # Passed to the provider as OpenAI's tools / tool_choice / parallel_tool_calls.
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str = "auto"  # "auto", "none", "required" or a tool name
+    parallel_tool_calls: bool = True
 
     def __post_init__(self) -> None:
         if not self.messages:

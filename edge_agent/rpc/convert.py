@@ -12,13 +12,24 @@ import math
 from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
 from edge_agent.chat import ChatChunk, ChatSpec, DataClass, RoutePreference
 from edge_agent.config import EngineConfig
-from edge_agent.engine import Message
+from edge_agent.engine import Message, ToolCall, ToolSpec
 from edge_agent.errors import InvalidArgument
+from edge_agent.toolcalls import MAX_TOOLS, check_conversation, check_tool_name, tool_parameters
 
 __all__ = ["chat_spec_from_proto", "chunk_to_proto"]
 
-_ROLES = ("system", "user", "assistant")
-_FINISH = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
+_ROLES = ("system", "user", "assistant", "tool")
+_FINISH = {
+    "stop": pb.FINISH_REASON_STOP,
+    "length": pb.FINISH_REASON_LENGTH,
+    "tool_calls": pb.FINISH_REASON_TOOL_CALLS,
+}
+_CHOICE_MODES = {
+    pb.TOOL_CHOICE_MODE_UNSPECIFIED: "auto",
+    pb.TOOL_CHOICE_MODE_AUTO: "auto",
+    pb.TOOL_CHOICE_MODE_NONE: "none",
+    pb.TOOL_CHOICE_MODE_REQUIRED: "required",
+}
 _DESTINATION = {"local": pb.DESTINATION_LOCAL, "cloud": pb.DESTINATION_CLOUD}
 _MAX_SCHEMA_CHARS = 64 * 1024
 _MAX_SEED = 2**63 - 1
@@ -39,12 +50,42 @@ def _messages(request: pb.ChatRequest, limits: EngineConfig) -> tuple[Message, .
             )
         if "\x00" in m.content:
             raise InvalidArgument(f"messages[{i}].content", "must not contain NUL characters")
-        out.append(Message(m.role, m.content))
-    if out[-1].role != "user":
-        raise InvalidArgument("messages", "the last message must be from the user")
-    if not any(m.content.strip() for m in out if m.role == "user"):
-        raise InvalidArgument("messages", "needs a non-empty user message")
+        calls = tuple(ToolCall(c.id, c.name, c.arguments) for c in m.tool_calls)
+        out.append(Message(m.role, m.content, calls, m.tool_call_id))
+    check_conversation(out)
     return tuple(out)
+
+
+def _tools(request: pb.ChatRequest) -> tuple[ToolSpec, ...]:
+    if len(request.tools) > MAX_TOOLS:
+        raise InvalidArgument("tools", f"at most {MAX_TOOLS} tools")
+    out: list[ToolSpec] = []
+    seen: set[str] = set()
+    for i, t in enumerate(request.tools):
+        check_tool_name(f"tools[{i}].name", t.name, seen)
+        try:
+            params = json.loads(t.parameters_json) if t.parameters_json else {}
+        except (ValueError, RecursionError):
+            raise InvalidArgument(f"tools[{i}].parameters_json", "is not valid JSON") from None
+        schema = tool_parameters(f"tools[{i}].parameters_json", params)
+        out.append(ToolSpec(t.name, t.description, schema))
+    return tuple(out)
+
+
+def _tool_choice(request: pb.ChatRequest, tools: tuple[ToolSpec, ...]) -> str:
+    choice = request.tool_choice
+    if choice.mode == pb.TOOL_CHOICE_MODE_FUNCTION:
+        if choice.function_name not in {t.name for t in tools}:
+            raise InvalidArgument("tool_choice.function_name", "names no tool of this request")
+        return choice.function_name
+    if choice.mode not in _CHOICE_MODES:
+        raise InvalidArgument("tool_choice.mode", "unknown tool choice")
+    if choice.function_name:
+        raise InvalidArgument("tool_choice.function_name", "only for TOOL_CHOICE_MODE_FUNCTION")
+    mode = _CHOICE_MODES[choice.mode]
+    if mode == "required" and not tools:
+        raise InvalidArgument("tool_choice", "needs tools")
+    return mode
 
 
 def _finite(name: str, value: float, low: float, high: float, *, low_open: bool = False) -> float:
@@ -120,6 +161,11 @@ def chat_spec_from_proto(request: pb.ChatRequest, limits: EngineConfig) -> ChatS
         raise InvalidArgument("priority", "must be in [-10, 10]")
     if len(request.model) > 256:
         raise InvalidArgument("model", "too long")
+    tools = _tools(request)
+    tool_choice = _tool_choice(request, tools)
+    json_schema = _json_schema(request)
+    if json_schema is not None and tool_choice not in ("auto", "none"):
+        raise InvalidArgument("tool_choice", "cannot force a call together with response_format")
     return ChatSpec(
         messages=messages,
         model=request.model,
@@ -130,15 +176,21 @@ def chat_spec_from_proto(request: pb.ChatRequest, limits: EngineConfig) -> ChatS
         top_k=top_k,
         seed=seed,
         stop=tuple(request.stop),
-        json_schema=_json_schema(request),
+        json_schema=json_schema,
         data_class=DataClass(request.data_class),
         route=RoutePreference(request.route),
         priority=request.priority,
+        tools=tools,
+        tool_choice=tool_choice,
+        parallel_tool_calls=not request.HasField("parallel_tool_calls")
+        or request.parallel_tool_calls,
     )
 
 
 def chunk_to_proto(chunk: ChatChunk, response_id: str) -> pb.ChatResponse:
     response = pb.ChatResponse(id=response_id, delta=chunk.delta)
+    for call in chunk.tool_calls:
+        response.tool_calls.add(id=call.id, name=call.name, arguments=call.arguments)
     if chunk.finish_reason is not None:
         response.finish_reason = _FINISH.get(chunk.finish_reason, pb.FINISH_REASON_STOP)
     if chunk.usage is not None:

@@ -56,6 +56,9 @@ class Reply:
     crlf: bool = False
     content_type: str = "text/event-stream; charset=utf-8"
     error_payload: Any = None  # then="error": the event's JSON (default: a server error)
+    # Calls ({"id", "name", "arguments"}) streamed after the words as OpenAI fragments; the
+    # answer then finishes with "tool_calls".
+    tool_calls: tuple[dict[str, str], ...] = ()
 
 
 @dataclass
@@ -352,8 +355,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._event(frame(delta, None), eol)
             if reply.chunk_delay_s and router.wait(reply.chunk_delay_s):
                 return
+        for index, call in enumerate(reply.tool_calls):
+            # As providers do: the head, then the arguments in two pieces.
+            half = len(call["arguments"]) // 2
+            head = {"index": index, "id": call["id"], "type": "function"}
+            pieces = (
+                {**head, "function": {"name": call["name"], "arguments": ""}},
+                {"index": index, "function": {"arguments": call["arguments"][:half]}},
+                {"index": index, "function": {"arguments": call["arguments"][half:]}},
+            )
+            for piece in pieces:
+                self._event(frame({"tool_calls": [piece]}, None), eol)
         if reply.then == "finish":
-            self._event(frame({}, "stop"), eol)
+            self._event(frame({}, "tool_calls" if reply.tool_calls else "stop"), eol)
             if reply.usage:
                 usage = {
                     "prompt_tokens": 11,

@@ -1,0 +1,169 @@
+"""The HTTP API on a box that may escalate: signed policy, sealed token, router stand-in.
+
+A hub model name asks for the cloud under policy: public data goes there with its tools,
+and the provider's call comes back as OpenAI tool_calls; restricted data stays local and
+the router hears nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from daemon_harness import RunningAgent, start_agent, stop_agent
+from fake_router import DEFAULT_MODEL, FakeRouter, Reply
+from http_harness import WEATHER_TOOL, http_config, openai_client
+
+from edge_agent.config import AgentConfig
+from edge_agent.credentials import DeviceIdentity, SecretToken, seal_credential
+from edge_agent.router import sign_policy
+
+TOKEN = "hf_HTTPsentinel_0a1b2c3d4e5f6789"
+ASK: Any = [{"role": "user", "content": "Weather in Paris?"}]
+TOOLS: Any = [WEATHER_TOOL]
+
+POLICY = f"""
+version = 1
+default_data_class = "restricted"
+
+[data_classes]
+public = "cloud"
+internal = "local"
+confidential = "local"
+restricted = "local"
+
+[budget]
+daily_tokens = 100000
+monthly_tokens = 1000000
+daily_usd = 5.0
+monthly_usd = 50.0
+
+[cloud]
+default_model = "{DEFAULT_MODEL}"
+provider = "together"
+
+[cloud.models."{DEFAULT_MODEL}"]
+input_usd_per_mtok = 0.5
+output_usd_per_mtok = 1.0
+
+[clients."*"]
+escalation = true
+max_cloud_data_class = "public"
+"""
+
+
+def _box(tmp: Path, router: FakeRouter) -> AgentConfig:
+    """A box whose fleet signed the policy above and sealed the router token to it."""
+    fleet = ec.generate_private_key(ec.SECP256R1())
+    pub = tmp / "fleet.pub.pem"
+    pub.write_bytes(
+        fleet.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    base = http_config(tmp)
+    config = dataclasses.replace(
+        base,
+        cloud=dataclasses.replace(base.cloud, base_url=router.base_url, probe_interval_s=3600),
+        policy=dataclasses.replace(base.policy, trusted_keys=(pub,)),
+        credentials=dataclasses.replace(base.credentials, trusted_keys=(pub,)),
+    )
+    config.policy.signed_policy_path.parent.mkdir(parents=True, exist_ok=True)
+    config.policy.signed_policy_path.write_bytes(sign_policy(POLICY, fleet))
+    device = DeviceIdentity.load_or_create(config.credentials.device_key)
+    envelope = seal_credential(
+        SecretToken(TOKEN),
+        device_public_key=device.public_key,
+        fleet_key=fleet,
+        expires_at=datetime.now(UTC) + timedelta(days=1),
+        allowed_models=[DEFAULT_MODEL],
+    )
+    config.credentials.envelope_path.parent.mkdir(parents=True, exist_ok=True)
+    config.credentials.envelope_path.write_bytes(envelope)
+    return config
+
+
+@pytest.fixture(scope="module")
+def router() -> Iterator[FakeRouter]:
+    server = FakeRouter(TOKEN).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory, router: FakeRouter) -> Iterator[RunningAgent]:
+    running, thread = start_agent(_box(tmp_path_factory.mktemp("escalating"), router))
+    running.call(running.agent.connectivity.probe_now())
+    try:
+        yield running
+    finally:
+        stop_agent(running, thread)
+
+
+def test_the_cloud_model_is_listed(box: RunningAgent) -> None:
+    with openai_client(box, api_key="demo") as client:
+        models = {m.id: m.owned_by for m in client.models.list().data}
+        one = client.models.retrieve(DEFAULT_MODEL)  # "org/model": a path with a slash
+    assert models[DEFAULT_MODEL] == "huggingface"
+    assert one.id == DEFAULT_MODEL
+    assert (one.model_extra or {})["edge_destination"] == "cloud"
+
+
+def test_public_tools_reach_the_provider_and_its_call_comes_back(
+    box: RunningAgent, router: FakeRouter
+) -> None:
+    router.on_chat(
+        Reply(
+            words=(),
+            tool_calls=({"id": "call_77", "name": "get_weather", "arguments": '{"city":"Paris"}'},),
+        )
+    )
+    before = len(router.chat_requests())
+    with openai_client(box, api_key="demo") as client:
+        completion = client.chat.completions.create(
+            model=f"{DEFAULT_MODEL}:cheapest",
+            messages=ASK,
+            tools=TOOLS,
+            tool_choice="required",
+            max_tokens=32,
+            extra_body={"data_class": "public"},
+        )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    calls = choice.message.tool_calls or []
+    assert [(c.id, c.function.name, json.loads(c.function.arguments)) for c in calls] == [  # type: ignore[union-attr]
+        ("call_77", "get_weather", {"city": "Paris"})
+    ]
+    provenance = (completion.model_extra or {})["edge_provenance"]
+    assert provenance["destination"] == "cloud"
+    sent = router.chat_requests()[before:]
+    assert len(sent) == 1
+    assert sent[0].body["tools"] == TOOLS
+    assert sent[0].body["tool_choice"] == "required"
+
+
+def test_restricted_data_with_a_cloud_model_stays_local(
+    box: RunningAgent, router: FakeRouter
+) -> None:
+    before = len(router.chat_requests())
+    with openai_client(box, api_key="demo") as client:
+        completion = client.chat.completions.create(
+            model=DEFAULT_MODEL,
+            messages=[{"role": "user", "content": "Patient 4711 has a fever."}],
+            max_tokens=8,
+            extra_headers={"X-Edge-Data-Class": "restricted"},
+        )
+    provenance = (completion.model_extra or {})["edge_provenance"]
+    assert provenance["destination"] == "local"
+    assert provenance["decision_reason"].startswith("local.large_model_requested_but_")
+    assert router.chat_requests()[before:] == []
+    assert box.agent.audit.tail(1)[-1].destination == "local"
