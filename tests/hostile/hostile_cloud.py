@@ -10,7 +10,6 @@ a local answer in time, and no budget reservation is left open at the end.
 
 from __future__ import annotations
 
-import dataclasses
 import ssl
 import threading
 import time
@@ -24,13 +23,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from daemon_harness import RunningAgent
+from escalation_box import escalating
 from fake_router import DEFAULT_MODEL, FakeRouter, Hang, Reply, Status
 from hostile_common import Tally, engine_idle, hostile_config
 
 from edge_agent.client import ChatOptions, Client, DataClass, RoutePreference
 from edge_agent.config import AgentConfig
-from edge_agent.credentials import DeviceIdentity, SecretToken, seal_credential
-from edge_agent.router import sign_policy
 
 TOKEN = "hf_HOSTILEsentinel_0a1b2c3d4e5f6789"
 _DEADLINE_S = 60.0  # a chat needing this long is hung (each fault resolves within ~2 s)
@@ -88,35 +86,15 @@ def escalating_config(
     tmp: Path, base_url: str, fleet: ec.EllipticCurvePrivateKey | None = None
 ) -> AgentConfig:
     """A box with a signed policy sending public data to the cloud and a sealed token."""
-    fleet = fleet or ec.generate_private_key(ec.SECP256R1())
-    pub = tmp / "fleet.pub.pem"
-    pub.parent.mkdir(parents=True, exist_ok=True)
-    pub.write_bytes(
-        fleet.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+    return escalating(
+        hostile_config(tmp),
+        tmp,
+        base_url,
+        policy=POLICY,
+        token=TOKEN,
+        fleet=fleet,
+        **FAST_CLOUD,
     )
-    base = hostile_config(tmp)
-    config = dataclasses.replace(
-        base,
-        cloud=dataclasses.replace(base.cloud, base_url=base_url, **FAST_CLOUD),  # type: ignore[arg-type]
-        policy=dataclasses.replace(base.policy, trusted_keys=(pub,)),
-        credentials=dataclasses.replace(base.credentials, trusted_keys=(pub,)),
-    )
-    policy_path = config.policy.signed_policy_path
-    policy_path.parent.mkdir(parents=True, exist_ok=True)
-    policy_path.write_bytes(sign_policy(POLICY, fleet))
-    device = DeviceIdentity.load_or_create(config.credentials.device_key)
-    envelope = seal_credential(
-        SecretToken(TOKEN),
-        device_public_key=device.public_key,
-        fleet_key=fleet,
-        expires_at=datetime.now(UTC) + timedelta(days=1),
-        allowed_models=[DEFAULT_MODEL],
-    )
-    config.credentials.envelope_path.parent.mkdir(parents=True, exist_ok=True)
-    config.credentials.envelope_path.write_bytes(envelope)
-    return config
 
 
 def untrusted_tls_router(tmp: Path) -> FakeRouter:

@@ -7,87 +7,18 @@ the router hears nothing.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from daemon_harness import RunningAgent, start_agent, stop_agent
+from escalation_box import TOKEN, box_config
 from fake_router import DEFAULT_MODEL, FakeRouter, Reply
 from http_harness import WEATHER_TOOL, http_config, openai_client
 
-from edge_agent.config import AgentConfig
-from edge_agent.credentials import DeviceIdentity, SecretToken, seal_credential
-from edge_agent.router import sign_policy
-
-TOKEN = "hf_HTTPsentinel_0a1b2c3d4e5f6789"
 ASK: Any = [{"role": "user", "content": "Weather in Paris?"}]
 TOOLS: Any = [WEATHER_TOOL]
-
-POLICY = f"""
-version = 1
-default_data_class = "restricted"
-
-[data_classes]
-public = "cloud"
-internal = "local"
-confidential = "local"
-restricted = "local"
-
-[budget]
-daily_tokens = 100000
-monthly_tokens = 1000000
-daily_usd = 5.0
-monthly_usd = 50.0
-
-[cloud]
-default_model = "{DEFAULT_MODEL}"
-provider = "together"
-
-[cloud.models."{DEFAULT_MODEL}"]
-input_usd_per_mtok = 0.5
-output_usd_per_mtok = 1.0
-
-[clients."*"]
-escalation = true
-max_cloud_data_class = "public"
-"""
-
-
-def _box(tmp: Path, router: FakeRouter) -> AgentConfig:
-    """A box whose fleet signed the policy above and sealed the router token to it."""
-    fleet = ec.generate_private_key(ec.SECP256R1())
-    pub = tmp / "fleet.pub.pem"
-    pub.write_bytes(
-        fleet.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    base = http_config(tmp)
-    config = dataclasses.replace(
-        base,
-        cloud=dataclasses.replace(base.cloud, base_url=router.base_url, probe_interval_s=3600),
-        policy=dataclasses.replace(base.policy, trusted_keys=(pub,)),
-        credentials=dataclasses.replace(base.credentials, trusted_keys=(pub,)),
-    )
-    config.policy.signed_policy_path.parent.mkdir(parents=True, exist_ok=True)
-    config.policy.signed_policy_path.write_bytes(sign_policy(POLICY, fleet))
-    device = DeviceIdentity.load_or_create(config.credentials.device_key)
-    envelope = seal_credential(
-        SecretToken(TOKEN),
-        device_public_key=device.public_key,
-        fleet_key=fleet,
-        expires_at=datetime.now(UTC) + timedelta(days=1),
-        allowed_models=[DEFAULT_MODEL],
-    )
-    config.credentials.envelope_path.parent.mkdir(parents=True, exist_ok=True)
-    config.credentials.envelope_path.write_bytes(envelope)
-    return config
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +32,8 @@ def router() -> Iterator[FakeRouter]:
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory, router: FakeRouter) -> Iterator[RunningAgent]:
-    running, thread = start_agent(_box(tmp_path_factory.mktemp("escalating"), router))
+    tmp = tmp_path_factory.mktemp("escalating")
+    running, thread = start_agent(box_config(tmp, router, base=http_config(tmp)))
     running.call(running.agent.connectivity.probe_now())
     try:
         yield running

@@ -1,4 +1,5 @@
-"""The escalating box of the end-to-end tests: signed policy, sealed token, stand-in router."""
+"""The escalating box of the end-to-end, HTTP and hostile tests: signed policy, sealed token,
+stand-in router."""
 
 from __future__ import annotations
 
@@ -51,30 +52,38 @@ max_cloud_data_class = "public"
 """
 
 
-def box_config(tmp: Path, router: FakeRouter, **cloud: Any) -> AgentConfig:
-    """A box whose signed policy sends public data to the stand-in router (sealed token)."""
-    fleet = ec.generate_private_key(ec.SECP256R1())
+def escalating(
+    base: AgentConfig,
+    tmp: Path,
+    base_url: str,
+    *,
+    policy: str = POLICY,
+    token: str = TOKEN,
+    fleet: ec.EllipticCurvePrivateKey | None = None,
+    **cloud: Any,
+) -> AgentConfig:
+    """``base`` made a box whose fleet signed ``policy`` and sealed ``token`` to it, with the
+    router at ``base_url``; ``cloud`` overrides [cloud] keys."""
+    fleet = fleet or ec.generate_private_key(ec.SECP256R1())
     pub = tmp / "fleet.pub.pem"
+    pub.parent.mkdir(parents=True, exist_ok=True)
     pub.write_bytes(
         fleet.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    base = make_config(tmp)
     config = dataclasses.replace(
         base,
-        cloud=dataclasses.replace(
-            base.cloud, base_url=router.base_url, probe_interval_s=3600, **cloud
-        ),
+        cloud=dataclasses.replace(base.cloud, base_url=base_url, **cloud),
         policy=dataclasses.replace(base.policy, trusted_keys=(pub,)),
         credentials=dataclasses.replace(base.credentials, trusted_keys=(pub,)),
     )
     policy_path = config.policy.signed_policy_path
     policy_path.parent.mkdir(parents=True, exist_ok=True)
-    policy_path.write_bytes(sign_policy(POLICY, fleet))
+    policy_path.write_bytes(sign_policy(policy, fleet))
     device = DeviceIdentity.load_or_create(config.credentials.device_key)
     envelope = seal_credential(
-        SecretToken(TOKEN),
+        SecretToken(token),
         device_public_key=device.public_key,
         fleet_key=fleet,
         expires_at=datetime.now(UTC) + timedelta(days=1),
@@ -83,6 +92,17 @@ def box_config(tmp: Path, router: FakeRouter, **cloud: Any) -> AgentConfig:
     config.credentials.envelope_path.parent.mkdir(parents=True, exist_ok=True)
     config.credentials.envelope_path.write_bytes(envelope)
     return config
+
+
+def box_config(
+    tmp: Path, router: FakeRouter, *, base: AgentConfig | None = None, **cloud: Any
+) -> AgentConfig:
+    """A box whose signed policy sends public data to the stand-in router (sealed token).
+
+    ``base`` is the daemon harness's config unless given (the HTTP tests pass theirs).
+    """
+    cloud.setdefault("probe_interval_s", 3600)
+    return escalating(base if base is not None else make_config(tmp), tmp, router.base_url, **cloud)
 
 
 def run_box(config: AgentConfig, caplog: pytest.LogCaptureFixture) -> Iterator[RunningAgent]:
