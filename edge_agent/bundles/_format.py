@@ -261,8 +261,16 @@ def agent_version() -> str:
         return "0.0.0"
 
 
-def check_admissible(manifest: BundleManifest, *, now: datetime, running_version: str) -> None:
+def check_admissible(
+    manifest: BundleManifest, *, now: datetime, running_version: str, require_expiry: bool = True
+) -> None:
     """Freeze protection and minimum agent version: refuse what must not run here."""
+    if manifest.expires_at is None and require_expiry:
+        # A bundle valid for ever could be replayed for ever: only lab boxes take them.
+        raise BundleError(
+            f"bundle {manifest.name} {manifest.version} has no expiry; this box requires one "
+            "([bundles] require_expiry = false is for lab boxes)"
+        )
     if manifest.expires_at is not None and manifest.expires_at <= now:
         raise BundleError(
             f"bundle {manifest.name} {manifest.version} expired at "

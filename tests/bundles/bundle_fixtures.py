@@ -36,10 +36,13 @@ def bundle_doc(
     version: str = "1.0.0",
     release: int = 1,
     *,
-    expires_at: datetime | None = None,
+    expires_at: datetime | str | None = "in 30 days",
     min_agent_version: str = "0.1.0",
 ) -> dict[str, Any]:
+    """A valid bundle.json; boxes require an expiry, so there is one unless given None."""
     now = datetime.now(UTC).replace(microsecond=0)
+    if isinstance(expires_at, str):
+        expires_at = now + timedelta(days=30)
     return {
         "format": 1,
         "name": name,

@@ -106,11 +106,18 @@ def test_report_lists_missing_extra_changed(tmp_path: Path) -> None:
 def test_symlink_in_folder_is_refused(tmp_path: Path) -> None:
     fleet = Fleet(tmp_path)
     folder = fleet.sign(make_folder(tmp_path, 1), "a")
-    (folder / "link").symlink_to("/etc/hostname")
-    with pytest.raises(EdgeAgentError, match="link or special file"):
-        hash_folder(folder)
-    with pytest.raises(EdgeAgentError, match="link or special file"):
-        verify_bundle(folder, _keys(fleet, "a"), 1)  # type: ignore[arg-type]
+    (folder / "link").mkdir()
+    (folder / "link" / "passwd").symlink_to("/etc/passwd")
+    # The message names the link relative to the bundle, and offers no option we lack.
+    for call in (
+        lambda: hash_folder(folder),
+        lambda: verify_bundle(folder, _keys(fleet, "a"), 1),  # type: ignore[arg-type]
+        lambda: sign_bundle(folder, fleet.key("a").private_key_path),
+    ):
+        with pytest.raises(EdgeAgentError) as info:
+            call()
+        assert info.value.message == "bundle folder holds a symlink: link/passwd (bundles never do)"
+        assert "allow_symlinks" not in info.value.message
 
 
 def test_signing_refuses_a_folder_without_bundle_json(tmp_path: Path) -> None:
