@@ -66,7 +66,7 @@ class SlotStore:
         self.trash = root / "trash"
         self.uploads = root / "uploads"
         self._pointer = root / "current.json"
-        self._releases = root / "releases.json"
+        self.releases_path = root / "releases.json"
 
     def ensure(self) -> None:
         for d in (self.root, self.slots, self.staging, self.trash, self.uploads):
@@ -121,7 +121,7 @@ class SlotStore:
 
     def releases(self) -> dict[str, int]:
         try:
-            raw = json.loads(self._releases.read_bytes())
+            raw = json.loads(self.releases_path.read_bytes())
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
@@ -133,7 +133,7 @@ class SlotStore:
         current = self.releases()
         if release > current.get(name, 0):
             current[name] = release
-            atomic_write(self._releases, json.dumps(current, sort_keys=True).encode())
+            atomic_write(self.releases_path, json.dumps(current, sort_keys=True).encode())
 
     # -- slots ---------------------------------------------------------------------------
     def new_staging_dir(self) -> Path:

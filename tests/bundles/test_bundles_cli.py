@@ -62,7 +62,7 @@ def test_keys_build_sign_pack_verify(tmp_path: Path, capsys: pytest.CaptureFixtu
     doc = json.loads((out / "bundle.json").read_text())
     assert doc["model"]["kv_bytes_per_token"] == 2 * 4 * 2 * 64 * 4  # fp32 KV on cpu
     assert doc["model"]["weights_bytes"] == 51_000
-    assert doc["model"]["architecture"] == "mistral"
+    assert doc["model"]["architecture"] == "MistralForCausalLM"  # from the genai type
     assert doc["expires_at"] is not None
     archive = tmp_path / "bundle.tar"
     assert _cli("bundle", "pack", out, archive) == 0
