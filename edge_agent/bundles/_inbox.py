@@ -218,6 +218,9 @@ class InboxWatcher:
     async def _process(self, path: Path, sig: tuple[int, int]) -> str | None:
         """Copy, then install; None when the file turned out not to be complete yet."""
         store = self._manager.store
+        config = self._manager.config
+        # The archive may exceed its content by tar headers: the same slack unpacking allows.
+        max_bytes = config.max_bundle_bytes + 1024 * (config.max_files + 16)
         await asyncio.to_thread(store.ensure)
         copy = store.staging / f"inbox-{uuid.uuid4().hex}.tar"
         abandoned = threading.Event()
@@ -226,7 +229,7 @@ class InboxWatcher:
                 lambda: copy_regular_file(
                     path,
                     copy,
-                    max_bytes=self._manager.config.max_bundle_bytes + 1024 * 1024,
+                    max_bytes=max_bytes,
                     abandoned=abandoned,
                 ),
                 self._copy_timeout,
