@@ -143,7 +143,7 @@ async def test_a_stale_reason_goes_when_its_file_was_taken_back(tmp_path: Path) 
 
 
 async def test_an_oversized_inbox_file_is_refused_while_copying(tmp_path: Path) -> None:
-    m, fleet, inbox = _box(tmp_path, max_bundle_bytes=4096)
+    m, _fleet, inbox = _box(tmp_path, max_bundle_bytes=4096)
     watcher = InboxWatcher(m, inbox, poll_seconds=0.05)
     (inbox / "big.tar").write_bytes(b"\0" * (2 << 20))
     await watcher.scan_once()
