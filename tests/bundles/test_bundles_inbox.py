@@ -1,4 +1,5 @@
-"""Issue 15: the USB inbox never blocks on a file and takes only complete ones."""
+"""Issue 15: the USB inbox (and the upload folder) never block on a file; only complete
+files are taken."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from bundle_fixtures import FileHost, Fleet, make_folder, small_config
 
 from edge_agent.audit import AuditLog
-from edge_agent.bundles import BundleManager, InboxWatcher
+from edge_agent.bundles import BundleManager, InboxWatcher, UploadHeader
 from edge_agent.bundles._inbox import copy_regular_file, run_bounded
 from edge_agent.errors import EdgeAgentError
 
@@ -149,3 +150,22 @@ async def test_an_oversized_inbox_file_is_refused_while_copying(tmp_path: Path) 
     await watcher.scan_once()
     assert await watcher.scan_once() == [("big.tar", "larger than the limit of 225280 bytes")]
     assert not any(m.store.staging.iterdir())  # no partial copy left behind
+
+
+async def test_a_fifo_in_place_of_an_upload_or_archive_does_not_block(tmp_path: Path) -> None:
+    m, _fleet, _inbox = _box(tmp_path)
+    m.store.ensure()
+    os.mkfifo(m.store.uploads / "u1.part")  # planted where the next chunk would be appended
+    header = UploadHeader("u1", 4096, "ab" * 32)
+    async with asyncio.timeout(20):
+        session = await asyncio.to_thread(m.uploads.open, header)  # the FIFO is removed
+        session.close()
+        assert (m.store.uploads / "u1.part").is_file()
+        os.mkfifo(tmp_path / "fifo.tar")
+        with pytest.raises(EdgeAgentError, match="archive is not a regular file"):
+            await m.install_archive(tmp_path / "fifo.tar")
+        # Leftovers that are FIFOs (planted, or a crashed copy) never stall start-up cleanup.
+        os.mkfifo(m.store.staging / "left-behind")
+        os.mkfifo(m.store.trash / "left-behind")
+        await asyncio.to_thread(m.recover)
+        assert not any(m.store.staging.iterdir()) and not any(m.store.trash.iterdir())
