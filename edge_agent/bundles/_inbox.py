@@ -48,6 +48,10 @@ _FS_TIMEOUT_S = 30.0  # listing, moving, writing a reason: metadata work, second
 class InboxTimeout(BundleError):
     """An inbox operation did not finish in time (a hung medium or a stalled writer)."""
 
+    def __init__(self, message: str, thread: threading.Thread | None = None) -> None:
+        super().__init__(message)
+        self.thread = thread  # still stuck in the kernel, abandoned
+
 
 async def run_bounded(fn: Callable[[], _T], timeout: float, what: str) -> _T:
     """Run ``fn`` in a daemon thread; give up on it after ``timeout`` seconds.
@@ -76,12 +80,13 @@ async def run_bounded(fn: Callable[[], _T], timeout: float, what: str) -> _T:
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
             loop.call_soon_threadsafe(settle, value, error)
 
-    threading.Thread(target=body, name=f"inbox-{what}", daemon=True).start()
+    thread = threading.Thread(target=body, name=f"inbox-{what}", daemon=True)
+    thread.start()
     try:
         async with asyncio.timeout(timeout):
             return await done
     except TimeoutError as exc:
-        raise InboxTimeout(f"{what} did not finish within {timeout:g} s") from exc
+        raise InboxTimeout(f"{what} did not finish within {timeout:g} s", thread) from exc
 
 
 def copy_regular_file(
@@ -165,6 +170,9 @@ class InboxWatcher:
         self._last_seen: dict[str, tuple[int, int]] = {}
         # Files found incomplete, by (size, mtime): retried when they change, logged once.
         self._incomplete: dict[str, tuple[int, int]] = {}
+        # A read that hung and was abandoned: no new one starts until it returns, so a
+        # dead medium costs one stuck thread, not one per poll.
+        self._stuck: threading.Thread | None = None
 
     async def run(self) -> None:
         """Poll until cancelled; one failing scan never stops the watcher."""
@@ -192,11 +200,22 @@ class InboxWatcher:
                         found.append((entry.name, entry.stat(follow_symlinks=False)))
         return sorted(found)
 
+    async def _bounded(self, fn: Callable[[], _T], timeout: float, what: str) -> _T:
+        if self._stuck is not None:
+            if self._stuck.is_alive():
+                raise InboxTimeout("the inbox medium is not answering (an earlier read hangs)")
+            self._stuck = None
+        try:
+            return await run_bounded(fn, timeout, what)
+        except InboxTimeout as exc:
+            self._stuck = exc.thread
+            raise
+
     async def scan_once(self) -> list[tuple[str, str]]:
         """Process every settled ``*.tar``; returns ``(file name, outcome or reason)``."""
         results: list[tuple[str, str]] = []
         current: dict[str, tuple[int, int]] = {}
-        for name, st in await run_bounded(self._list, _FS_TIMEOUT_S, "listing"):
+        for name, st in await self._bounded(self._list, _FS_TIMEOUT_S, "listing"):
             path = self.inbox / name
             if not stat.S_ISREG(st.st_mode):
                 await self._reject(path, "not a regular file")
@@ -225,7 +244,7 @@ class InboxWatcher:
         copy = store.staging / f"inbox-{uuid.uuid4().hex}.tar"
         abandoned = threading.Event()
         try:
-            await run_bounded(
+            await self._bounded(
                 lambda: copy_regular_file(
                     path,
                     copy,
@@ -269,7 +288,7 @@ class InboxWatcher:
             _log.exception("inbox: %s failed", path.name)
             await self._reject(path, "internal error (see the daemon log)")
             return "internal error"
-        await run_bounded(lambda: self._move(path, self.done, None), _FS_TIMEOUT_S, "move")
+        await self._bounded(lambda: self._move(path, self.done, None), _FS_TIMEOUT_S, "move")
         return result.outcome
 
     async def _reject(self, path: Path, reason: str) -> None:
@@ -277,7 +296,7 @@ class InboxWatcher:
             "inbox_rejected", f"{path.name}: {reason}", source="inbox"
         )
         try:
-            await run_bounded(
+            await self._bounded(
                 lambda: self._move(path, self.rejected, reason), _FS_TIMEOUT_S, "move"
             )
         except EdgeAgentError as exc:

@@ -72,6 +72,8 @@ def test_a_fifo_or_link_swapped_in_after_listing_is_refused_at_open(tmp_path: Pa
 
 
 async def test_a_read_that_hangs_is_abandoned_and_never_joined(tmp_path: Path) -> None:
+    m, fleet, inbox = _box(tmp_path)
+    watcher = InboxWatcher(m, inbox, poll_seconds=0.05)
     read_end, write_end = os.pipe()  # nothing is ever written: os.read blocks in the kernel
     try:
         started = time.monotonic()
@@ -80,6 +82,22 @@ async def test_a_read_that_hangs_is_abandoned_and_never_joined(tmp_path: Path) -
         assert time.monotonic() - started < 10
         stuck = [t for t in threading.enumerate() if t.name == "inbox-copy"]
         assert stuck and all(t.daemon for t in stuck)  # cannot hold the process at exit
+        # The watcher starts no second read while one hangs: one stuck thread per medium.
+        with pytest.raises(EdgeAgentError, match="did not finish"):
+            await watcher._bounded(lambda: os.read(read_end, 1), 0.3, "copy")
+        for _ in range(3):
+            with pytest.raises(EdgeAgentError, match="inbox medium is not answering"):
+                await watcher.scan_once()
+        assert len([t for t in threading.enumerate() if t.name.startswith("inbox-")]) == 2
+        # Meanwhile the installer is free: nothing held its lock.
+        (tmp_path / "r1.tar").write_bytes(_signed(fleet, tmp_path, 1))
+        await m.install_archive(tmp_path / "r1.tar")
+        assert _active(m) == [1]
+        os.write(write_end, b"xx")  # the medium answers again
+        for t in threading.enumerate():
+            if t.name == "inbox-copy":
+                t.join(5)
+        assert await watcher.scan_once() == []
     finally:
         os.write(write_end, b"x")  # let the stuck thread go before the test ends
         os.close(write_end)
