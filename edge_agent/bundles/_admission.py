@@ -22,7 +22,7 @@ from edge_agent.bundles._signing import VerificationReport, require_verified, ve
 from edge_agent.bundles._truststore import TrustDocument
 from edge_agent.errors import BundleError, SignatureError
 
-__all__ = ["BoxRules", "check_bundle", "check_release"]
+__all__ = ["BoxRules", "check_bundle", "check_release", "check_signatures"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,23 +43,27 @@ def check_release(manifest: BundleManifest, floor: int) -> None:
         )
 
 
-def check_bundle(
-    folder: Path, doc: TrustDocument, rules: BoxRules, *, now: datetime, anti_rollback: bool = True
+def check_signatures(
+    folder: Path, doc: TrustDocument, threshold: int
 ) -> tuple[BundleManifest, VerificationReport]:
-    """Raise the box's refusal (SignatureError / BundleError), else the manifest + report."""
+    """Rule 1 alone: what start-up re-checks on installed bundles (an installed bundle that
+    has since expired keeps serving; expiry stops installs, it does not brick a box)."""
     keys = doc.keys_for("bundle")
     if not keys:
         raise SignatureError("the trust store holds no key with the bundle role")
     other = frozenset(k.key_id for k in doc.keys) - frozenset(keys)
     report = verify_bundle(
-        folder,
-        keys,
-        max(rules.threshold, doc.threshold),
-        revoked=doc.revoked,
-        other_roles=other,
+        folder, keys, max(threshold, doc.threshold), revoked=doc.revoked, other_roles=other
     )
     require_verified(report)
-    manifest = load_manifest(folder)
+    return load_manifest(folder), report
+
+
+def check_bundle(
+    folder: Path, doc: TrustDocument, rules: BoxRules, *, now: datetime, anti_rollback: bool = True
+) -> tuple[BundleManifest, VerificationReport]:
+    """Raise the box's refusal (SignatureError / BundleError), else the manifest + report."""
+    manifest, report = check_signatures(folder, doc, rules.threshold)
     check_admissible(
         manifest,
         now=now,

@@ -236,3 +236,26 @@ async def test_offline_verify_judges_exactly_as_the_box(
     # Away from the box the counter is unknown, and the output says so instead of passing it.
     code, out = _verify_cli(old, "--public-key", pub, capsys=capsys)
     assert code == 0 and "anti-rollback: not checked here" in out
+
+
+async def test_installed_bundles_are_not_dropped_for_expiry_at_start(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path / "fleet")
+    lab = _manager(tmp_path, fleet, require_expiry=False)
+    await lab.install_archive(_archive(fleet, tmp_path, 1, expires_at=None))
+    await lab.install_archive(
+        _archive(fleet, tmp_path, 2, expires_at=datetime.now(UTC) + timedelta(hours=1))
+    )
+    # Restarted strict, two hours later: expiry stops installs, it does not brick the box.
+    later = datetime.now(UTC) + timedelta(hours=2)
+    audit = AuditLog(tmp_path / "audit" / "audit.sqlite3")
+    m = BundleManager(
+        small_config(), state_dir=tmp_path / "state", host=FileHost(), clock=lambda: later,
+        audit=audit,
+    )  # fmt: skip
+    active = m.recover()
+    assert active is not None and active.release == 2
+    assert [b.release for b in m.list_bundles()] == [2, 1]
+    assert m.fallback_reason is None
+    # Rolling back is an activation, though: it applies today's rules.
+    with pytest.raises(EdgeAgentError, match="has no expiry"):
+        await m.rollback()
