@@ -4,8 +4,9 @@ Layout under ``<state>/bundles``::
 
     slots/a/ b/ c/        complete bundle folders (the model dir handed to the engine)
     staging/<random>/     an archive being extracted; never referenced by the pointer
+    staging/inbox-*.tar   private copies of inbox files (see _inbox.py)
     trash/<random>/       folders being deleted (a rename first, so deletion is atomic)
-    uploads/              partial uploads and inbox copies (see _upload.py, _inbox.py)
+    uploads/              partial uploads (see _upload.py)
     current.json          {"active", "previous", "state": "committed"|"trial", "pending"}
     releases.json         {bundle name: highest committed release}  (anti-rollback)
 
