@@ -49,8 +49,9 @@ class BundlesConfig:
     # "degraded" serves the built-in demo model and says so in status; "refuse" serves no
     # chat at all (the operator service stays up, so a good bundle can be pushed).
     without_bundle: str = "degraded"
-    # An inbox file must be copied into private storage within this time, or it is refused.
-    inbox_copy_timeout_seconds: float = 600.0
+    # An inbox file must be copied into private storage within this time, or it is refused
+    # (an hour: a 14 GB model from a USB 2 stick takes about ten minutes).
+    inbox_copy_timeout_seconds: float = 3600.0
     trial_load_timeout_seconds: float = 900.0
     health_probe_timeout_seconds: float = 120.0
 

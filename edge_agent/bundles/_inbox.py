@@ -215,7 +215,9 @@ class InboxWatcher:
         """Process every settled ``*.tar``; returns ``(file name, outcome or reason)``."""
         results: list[tuple[str, str]] = []
         current: dict[str, tuple[int, int]] = {}
-        for name, st in await self._bounded(self._list, _FS_TIMEOUT_S, "listing"):
+        entries = await self._bounded(self._list, _FS_TIMEOUT_S, "listing")
+        listed = {name for name, _ in entries}
+        for name, st in entries:
             path = self.inbox / name
             if not stat.S_ISREG(st.st_mode):
                 await self._reject(path, "not a regular file")
@@ -232,6 +234,7 @@ class InboxWatcher:
             if outcome is not None:
                 results.append((name, outcome))
         self._last_seen = current
+        self._incomplete = {k: v for k, v in self._incomplete.items() if k in listed}
         return results
 
     async def _process(self, path: Path, sig: tuple[int, int]) -> str | None:
