@@ -161,10 +161,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     now = args.at or datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="edge-agent-verify-") as tmp:
         folder = args.path
-        if args.path.is_file():  # an archive: unpack it with the box's own limits first
-            folder = Path(tmp) / "bundle"
-            unpack_bundle(args.path, folder, limits)
         try:
+            if args.path.is_file():  # an archive: unpack it with the box's own limits first
+                folder = Path(tmp) / "bundle"
+                unpack_bundle(args.path, folder, limits)
             manifest, report = check_bundle(folder, doc, rules, now=now)
         except EdgeAgentError as exc:
             text = exc.message
