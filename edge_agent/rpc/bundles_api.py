@@ -94,7 +94,11 @@ class BundlesApi:
                 await asyncio.to_thread(session.close)  # keep the partial file for a resume
         task = asyncio.create_task(
             self._manager.install_archive(
-                archive, activate=activate, consume=True, source=source, name="upload"
+                archive,
+                activate=activate,
+                consume=True,
+                source=source,
+                name=f"upload {archive.stem}",
             )
         )
         self._installs.add(task)

@@ -210,7 +210,7 @@ def _wait_for(what: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path
         time.sleep(0.1)
 
 
-def test_inbox_fifo_does_not_block_installs_or_shutdown(
+def test_inbox_fifo_and_slow_writer_do_not_block_installs_or_shutdown(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fleet = Fleet(tmp_path / "fleet")
@@ -228,6 +228,16 @@ def test_inbox_fifo_does_not_block_installs_or_shutdown(
         assert (usb / "rejected" / "evil.tar.reason.txt").read_text() == "not a regular file\n"
         admin = OperatorTarget(address=f"unix:{admin_sock}", insecure=True)
         assert [b["version"] for b in list_remote(admin) if b["active"]] == ["1.30.0"]
+        # A slow writer: half a file, then a pause of many poll intervals, then the rest.
+        data = _bundle(fleet, tmp_path / "src", 31).read_bytes()
+        slow = usb / "r31.tar"
+        slow.write_bytes(data[: len(data) // 2])
+        time.sleep(2.0)  # ten polls with nothing changing: not taken, not rejected
+        assert slow.exists() and not (usb / "rejected" / "r31.tar").exists()
+        with slow.open("ab") as f:
+            f.write(data[len(data) // 2 :])
+        _wait_for(lambda: (usb / "done" / "r31.tar").exists(), proc, log)
+        assert [b["version"] for b in list_remote(admin) if b["active"]] == ["1.31.0"]
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
@@ -240,7 +250,8 @@ def test_inbox_fifo_does_not_block_installs_or_shutdown(
     assert "bundle inbox_rejected (-, from inbox): evil.tar: not a regular file" in text
     assert "bundle activated (edge-demo-mistral 1.30.0 release 30, from inbox)" in text
     events = [line.split()[3] for line in _audit_list(tmp_path / "state", capsys)]
-    assert events == ["inbox_rejected", "received", "activated"]
+    assert events == ["inbox_rejected", "received", "activated", "received", "activated"]
+    assert "r31.tar has no tar end marker yet" in text
 
 
 def test_a_lost_bundle_is_reported_degraded_or_refused_by_config(
