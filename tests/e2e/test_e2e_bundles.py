@@ -279,6 +279,12 @@ def test_a_lost_bundle_is_reported_degraded_or_refused_by_config(
         assert running.agent.status_line().endswith("no signed bundle: degraded")
         _, problem = list_remote_state(admin)
         assert "no valid signed bundle is installed" in problem
+        capsys.readouterr()
+        argv = ["bundle", "list", "--insecure", "--target", f"unix:{config.tls.admin_socket}"]
+        assert cli_main(argv) == 0
+        printed = capsys.readouterr()
+        assert json.loads(printed.out) == []
+        assert printed.err.startswith("warning: no valid signed bundle is installed")
         assert _served_version(running.target) == "0.1.0"  # still answers, as configured
     finally:
         stop_agent(running, thread)
