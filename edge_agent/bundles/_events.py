@@ -17,7 +17,7 @@ class BundleEvents:
     def __init__(self, audit: AuditLog | None = None) -> None:
         self._audit = audit
 
-    def _log(self, event: str, reason: str, source: str, bundle: str, release: int) -> None:
+    def _log_line(self, event: str, reason: str, source: str, bundle: str, release: int) -> None:
         what = f"{bundle} release {release}" if bundle else "-"
         level = logging.WARNING if event in _WARN else logging.INFO
         _log.log(level, "bundle %s (%s, from %s): %s", event, what, source, reason)
@@ -25,7 +25,7 @@ class BundleEvents:
     async def record(
         self, event: str, reason: str, *, source: str, bundle: str = "", release: int = 0
     ) -> None:
-        self._log(event, reason, source, bundle, release)
+        self._log_line(event, reason, source, bundle, release)
         if self._audit is None:
             return
         entry = bundle_entry(event, reason, source=source, bundle=bundle, release=release)
@@ -38,7 +38,7 @@ class BundleEvents:
         self, event: str, reason: str, *, source: str, bundle: str = "", release: int = 0
     ) -> None:
         """For start-up code running in a thread (no event loop)."""
-        self._log(event, reason, source, bundle, release)
+        self._log_line(event, reason, source, bundle, release)
         if self._audit is None:
             return
         entry = bundle_entry(event, reason, source=source, bundle=bundle, release=release)
