@@ -163,11 +163,11 @@ class Agent:
             include_prompts=config.audit.include_prompts,
         )
         self.bundles = BundleManager(
-            config.bundles, state_dir=config.paths.state_dir, host=self.engine
+            config.bundles, state_dir=config.paths.state_dir, host=self.engine, audit=self.audit
         )
         self._inbox_task: asyncio.Task[None] | None = None
         self._operator = OperatorApi(
-            BundlesApi(self.bundles),
+            BundlesApi(self.bundles, client_id=_client_id),
             PolicyApi(
                 self.policies,
                 self.credentials,
@@ -221,7 +221,16 @@ class Agent:
         if self._stopping:
             # Between SIGTERM and the server refusing calls, new work is already refused.
             raise Unavailable("the service is stopping; retry on another box or later")
+        if self._refusing_unsigned():
+            raise Unavailable("this box has no valid signed model bundle; retry on another box")
         return self.router.chat(spec, call)
+
+    def _refusing_unsigned(self) -> bool:
+        """[bundles] without_bundle = "refuse" and no signed bundle left to serve."""
+        return (
+            self.bundles.fallback_reason is not None
+            and self.config.bundles.without_bundle == "refuse"
+        )
 
     def _on_policy(self, document: PolicyDocument) -> None:
         _log.info("policy version %d installed", document.version)
@@ -272,6 +281,7 @@ class Agent:
             tls_fingerprint=self.device_cert.fingerprint if self.device_cert else "",
             device_id=self.device_id,
             connectivity=self.connectivity.snapshot(),
+            bundle_problem=self.bundles.fallback_reason or "",
         )
 
     def _status(self) -> pb.GetStatusResponse:
@@ -289,6 +299,11 @@ class Agent:
             parts.append(f"pressure {view.pressure.level.label}")
         if view.connectivity is not None:
             parts.append(f"cloud {view.connectivity.state.value}")
+        if view.bundle_problem:
+            parts.append(
+                "no signed bundle: "
+                + ("refusing chats" if self._refusing_unsigned() else "degraded")
+            )
         return "; ".join(parts)
 
     def _on_pressure(self, snapshot: PressureSnapshot) -> None:
@@ -334,7 +349,7 @@ class Agent:
                 execution_provider=info.execution_provider,
             )
         self.notifier.status(self.status_line())
-        self._spawn(self._set_health(state == "ready"))
+        self._spawn(self._set_health(state == "ready" and not self._refusing_unsigned()))
 
     async def _set_health(self, serving: bool) -> None:
         if self._built is None or self._stopping:
@@ -487,7 +502,7 @@ class Agent:
                     "the HTTP API is an open demo: any API key is accepted from loopback "
                     "(http.accept_any_token); an installed box refuses unknown tokens"
                 )
-        await self._set_health(self.engine.state == "ready")
+        await self._set_health(self.engine.state == "ready" and not self._refusing_unsigned())
         await self._advertise()
         await self.connectivity.start()
         if self.bundles.inbox_dir is not None:

@@ -229,7 +229,8 @@ def add_doctor_command(
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "doctor", help="check this box and print what to fix"
     )
-    parser.add_argument("--config", default="/etc/edge-agent/agent.toml")
+    # Default: the main CLI's global --agent-config, else the packaged path.
+    parser.add_argument("--config", default=None)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--offline", action="store_true", help="do not contact the cloud router")
 
@@ -246,6 +247,8 @@ def _doctor_command(
     bundle_verifier: BundleVerifier | None,
 ) -> int:
     config: object = args.config
+    if config is None:
+        config = getattr(args, "agent_config", None) or "/etc/edge-agent/agent.toml"
     config_result: CheckResult | None = None
     if isinstance(config, str | Path):
         if load_config is None:

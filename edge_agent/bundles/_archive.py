@@ -10,9 +10,11 @@ its size). Files are created with O_EXCL|O_NOFOLLOW into a folder that did not e
 from __future__ import annotations
 
 import os
+import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from edge_agent.bundles._fsutil import fsync_dir
 from edge_agent.errors import BundleError
@@ -77,12 +79,22 @@ def _check_name(name: str) -> PurePosixPath:
 
 def unpack_bundle(archive: Path, dest: Path, limits: ArchiveLimits) -> int:
     """Extract ``archive`` into the new folder ``dest``; returns the number of files."""
+    # Never follow a link, never wait on a FIFO: only a regular file is read, from the
+    # descriptor that was checked.
     try:
-        archive_size = archive.stat().st_size
+        fd = os.open(archive, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise BundleError("archive cannot be read") from exc
-    if archive_size > limits.max_total_bytes + 1024 * (limits.max_files + 16):
-        raise BundleError(f"archive larger than the limit of {limits.max_total_bytes} bytes")
+    with os.fdopen(fd, "rb") as raw:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BundleError("archive is not a regular file")
+        if st.st_size > limits.max_total_bytes + 1024 * (limits.max_files + 16):
+            raise BundleError(f"archive larger than the limit of {limits.max_total_bytes} bytes")
+        return _unpack(raw, dest, limits)
+
+
+def _unpack(raw: BinaryIO, dest: Path, limits: ArchiveLimits) -> int:
     dest.mkdir(mode=0o755)  # must not exist: nothing pre-placed can be followed
     seen: set[PurePosixPath] = set()
     dirs: set[PurePosixPath] = {PurePosixPath(".")}
@@ -90,7 +102,7 @@ def unpack_bundle(archive: Path, dest: Path, limits: ArchiveLimits) -> int:
     total = 0
     files = 0
     try:
-        with tarfile.open(archive, "r:") as tar:
+        with tarfile.open(fileobj=raw, mode="r:") as tar:
             while True:
                 member = tar.next()
                 if member is None:

@@ -93,6 +93,16 @@ def _run(cmd: list[str], bar: Any) -> None:
         )
 
 
+# genai_config.json names the model type; bundle.json names the Hugging Face architecture.
+_ARCHITECTURES = {
+    "mistral": "MistralForCausalLM",
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+    "gemma": "GemmaForCausalLM",
+}
+
+
 def _json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
@@ -118,7 +128,10 @@ def describe_folder(
         context = int(genai["context_length"])
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{GENAI_CONFIG} lacks the decoder facts ({exc})") from exc
-    arch = (hf_config or {}).get("architectures", [None])[0] or str(genai.get("type", "unknown"))
+    genai_type = str(genai.get("type", "unknown"))
+    arch = (hf_config or {}).get("architectures", [None])[0] or _ARCHITECTURES.get(
+        genai_type, genai_type
+    )
     # The builder keeps KV in fp32 on CPU and fp16 on accelerators.
     kv = kv_bytes_per_token(layers, kv_heads, head, 4 if req.execution_provider == "cpu" else 2)
     weights = sum(

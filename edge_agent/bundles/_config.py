@@ -42,6 +42,16 @@ class BundlesConfig:
     free_space_margin_bytes: int = 1 * _GIB
     upload_ttl_hours: float = 72.0
     verify_on_start: bool = True
+    # Bundles without expires_at are refused unless this is a lab box (they never expire, so
+    # a leaked one could be replayed for ever).
+    require_expiry: bool = True
+    # When signed bundles were installed here and none is left valid at start-up:
+    # "degraded" serves the built-in demo model and says so in status; "refuse" serves no
+    # chat at all (the operator service stays up, so a good bundle can be pushed).
+    without_bundle: str = "degraded"
+    # An inbox file must be copied into private storage within this time, or it is refused
+    # (an hour: a 14 GB model from a USB 2 stick takes about ten minutes).
+    inbox_copy_timeout_seconds: float = 3600.0
     trial_load_timeout_seconds: float = 900.0
     health_probe_timeout_seconds: float = 120.0
 
@@ -80,6 +90,13 @@ def parse_bundles_config(reader: TableReader, *, base: Path | None = None) -> Bu
             "upload_ttl_hours", d.upload_ttl_hours, min_value=0.01, max_value=24 * 365
         ),
         verify_on_start=reader.boolean("verify_on_start", d.verify_on_start),
+        require_expiry=reader.boolean("require_expiry", d.require_expiry),
+        without_bundle=reader.string(
+            "without_bundle", d.without_bundle, choices=("degraded", "refuse")
+        ),
+        inbox_copy_timeout_seconds=reader.number(
+            "inbox_copy_timeout_seconds", d.inbox_copy_timeout_seconds, min_value=1
+        ),
         trial_load_timeout_seconds=reader.number(
             "trial_load_timeout_seconds", d.trial_load_timeout_seconds, min_value=1
         ),

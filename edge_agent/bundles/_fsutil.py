@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import uuid
 from pathlib import Path
 
@@ -34,8 +35,12 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a file or folder without following links out of it."""
-    if path.is_symlink() or path.is_file():
+    """Remove a file or folder without following links out of it, or opening a FIFO."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(mode):
+        shutil.rmtree(path)  # unlinks what is inside without opening it
+    else:
         path.unlink(missing_ok=True)
-    elif path.exists():
-        shutil.rmtree(path)

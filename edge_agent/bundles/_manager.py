@@ -1,8 +1,10 @@
 """BundleManager: stage -> verify -> trial load -> atomic switch -> health probe -> commit.
 
-On any failure the old bundle stays active and the raised error says which step refused
-and why. One install or rollback runs at a time. Blocking work (extraction, hashing) runs
-in threads so the daemon's event loop keeps serving.
+On any failure the old bundle stays active, the previous known-good bundle stays the
+rollback target, and the raised error says which step refused and why. Unpacking and
+verifying (the long, blocking part, on bytes from outside) run in threads in a private
+staging folder before the lock is taken; the lock only orders the slot moves and switches,
+so a slow archive never holds up a rollback. Every outcome is an event: daemon log + audit.
 """
 
 from __future__ import annotations
@@ -16,17 +18,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from edge_agent.audit import AuditLog
+from edge_agent.bundles._admission import (
+    BoxRules,
+    check_bundle,
+    check_release,
+    check_signatures,
+)
 from edge_agent.bundles._archive import ArchiveLimits, unpack_bundle
 from edge_agent.bundles._config import BundlesConfig
-from edge_agent.bundles._format import (
-    BundleManifest,
-    ModelFacts,
-    agent_version,
-    check_admissible,
-    load_manifest,
-)
+from edge_agent.bundles._events import BundleEvents
+from edge_agent.bundles._format import BundleManifest, ModelFacts, agent_version, load_manifest
 from edge_agent.bundles._host import ModelHost
-from edge_agent.bundles._signing import VerificationReport, require_verified, verify_bundle
 from edge_agent.bundles._store import Pointer, SlotStore
 from edge_agent.bundles._truststore import TrustStore
 from edge_agent.bundles._upload import UploadReceiver
@@ -35,7 +38,6 @@ from edge_agent.errors import (
     EdgeAgentError,
     FailedPrecondition,
     ResourceExhausted,
-    SignatureError,
 )
 
 __all__ = ["BundleInfo", "BundleManager", "InstallResult"]
@@ -61,6 +63,10 @@ class InstallResult:
     outcome: Literal["activated", "installed"]
 
 
+def _label(m: BundleManifest) -> str:
+    return f"{m.name} {m.version}"
+
+
 class BundleManager:
     def __init__(
         self,
@@ -71,18 +77,22 @@ class BundleManager:
         running_version: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         free_bytes: Callable[[Path], int] = lambda p: shutil.disk_usage(p).free,
+        audit: AuditLog | None = None,
     ) -> None:
         self.config = config
         paths = config.paths(state_dir)
         self.store = SlotStore(paths.root)
         self.trust = TrustStore(paths.trust_store)
         self.inbox_dir = paths.inbox
+        self.events = BundleEvents(audit)
         self._host = host
         self._version = running_version or agent_version()
         self._clock = clock
         self._free_bytes = free_bytes
         self._lock = asyncio.Lock()
         self._signers: dict[str, tuple[str, ...]] = {}
+        # Set at start-up when signed bundles were installed here but none is left to serve.
+        self.fallback_reason: str | None = None
         self.uploads = UploadReceiver(
             self.store.uploads,
             max_bytes=config.max_bundle_bytes,
@@ -102,7 +112,9 @@ class BundleManager:
             try:
                 manifest = self._check_slot(slot, full=self.config.verify_on_start)
             except EdgeAgentError as exc:
-                _log.error("bundle slot %s fails verification, dropping it: %s", slot, exc.message)
+                self.events.record_sync(
+                    "dropped", f"slot {slot} fails verification: {exc.message}", source="daemon"
+                )
                 pointer = self.store.forget(pointer, slot)
                 continue
             if slot == pointer.active:
@@ -110,14 +122,21 @@ class BundleManager:
                 self.store.record_release(manifest.name, manifest.release)
                 if manifest.expires_at and manifest.expires_at <= self._clock():
                     _log.warning(
-                        "the active bundle %s has expired; push a newer one", manifest.name
+                        "the active bundle %s has expired; push a newer one", _label(manifest)
                     )
+        self.fallback_reason = None
+        if pointer.active is None and self.store.release_floor() > 0:
+            self.fallback_reason = (
+                "no valid signed bundle is installed (the last one failed verification or was "
+                "removed); serving the built-in model until a bundle is pushed"
+            )
+            self.events.record_sync("fallback", self.fallback_reason, source="daemon")
         return self._info(pointer, pointer.active) if pointer.active else None
 
     def _check_slot(self, slot: str, *, full: bool) -> BundleManifest:
         folder = self.store.slot_dir(slot)
         if full:
-            _, report = self._verify(folder)
+            _, report = check_signatures(folder, self.trust.load(), self.config.threshold)
             self._signers[slot] = report.valid_key_ids
         return load_manifest(folder)
 
@@ -144,56 +163,96 @@ class BundleManager:
         )
 
     # -- checks --------------------------------------------------------------------------
-    def _verify(self, folder: Path) -> tuple[BundleManifest, VerificationReport]:
-        doc = self.trust.load()
-        keys = doc.keys_for("bundle")
-        if not keys:
-            raise SignatureError("the trust store holds no key with the bundle role")
-        report = verify_bundle(
-            folder, keys, max(self.config.threshold, doc.threshold), revoked=doc.revoked
+    def _rules(self) -> BoxRules:
+        return BoxRules(
+            threshold=self.config.threshold,
+            require_expiry=self.config.require_expiry,
+            running_version=self._version,
+            release_floor=self.store.release_floor(),
         )
-        require_verified(report)
-        manifest = load_manifest(folder)
-        return manifest, report
 
     def _check(
         self, folder: Path, *, anti_rollback: bool
     ) -> tuple[BundleManifest, tuple[str, ...]]:
-        manifest, report = self._verify(folder)
-        check_admissible(manifest, now=self._clock(), running_version=self._version)
-        if anti_rollback:
-            highest = self.store.releases().get(manifest.name, 0)
-            if manifest.release <= highest:
-                raise BundleError(
-                    f"anti-rollback: release {manifest.release} of {manifest.name} is not newer "
-                    f"than the installed release {highest}"
-                )
+        manifest, report = check_bundle(
+            folder, self.trust.load(), self._rules(), now=self._clock(), anti_rollback=anti_rollback
+        )
         return manifest, report.valid_key_ids
 
     # -- install -------------------------------------------------------------------------
     async def install_archive(
-        self, archive: Path, *, activate: bool = True, consume: bool = False
+        self,
+        archive: Path,
+        *,
+        activate: bool = True,
+        consume: bool = False,
+        source: str = "operator",
+        name: str | None = None,
     ) -> InstallResult:
-        """Install a bundle archive (upload, inbox or local file); ``consume`` deletes it."""
-        async with self._lock:
-            pointer = self.store.read_pointer()
-            if not activate and pointer.active is None:
+        """Install a bundle archive (upload, inbox copy or local file); ``consume`` deletes it.
+
+        ``source`` says who sent it and ``name`` what it was called there, for the records:
+        every refusal is logged and audited with its reason before it is raised.
+        """
+        await self.events.record("received", name or archive.name, source=source)
+        manifest: BundleManifest | None = None
+        try:
+            if not activate and self.store.read_pointer().active is None:
                 raise FailedPrecondition("no active bundle: the first bundle must be activated")
             staged = self.store.new_staging_dir()
             try:
-                manifest, signers = await asyncio.to_thread(self._stage, archive, staged, consume)
-                slot, pointer = await asyncio.to_thread(self.store.place, staged, pointer)
-            except BaseException:
-                await asyncio.to_thread(self.store.discard, staged)
-                raise
-            self._signers[slot] = signers
-            _log.info("bundle %s %s staged in slot %s", manifest.name, manifest.version, slot)
-            if not activate:
-                pointer = Pointer(pointer.active, slot, pointer.state)
-                self.store.write_pointer(pointer)
-                return InstallResult(self._info(pointer, slot), "installed")
-            pointer = await self._activate(slot, manifest, pointer, discard_on_failure=True)
-            return InstallResult(self._info(pointer, slot), "activated")
+                m, signers = await asyncio.to_thread(self._stage, archive, staged, consume)
+                manifest = m  # named in a refusal from here on
+                async with self._lock:
+                    result = await self._install_staged(staged, m, signers, activate)
+            finally:
+                await asyncio.to_thread(self.store.discard, staged)  # gone if it was placed
+        except EdgeAgentError as exc:
+            await self._refused(exc.message, source, manifest)
+            raise
+        except Exception:
+            _log.exception("bundle install failed")
+            await self._refused("internal error (see the daemon log)", source, manifest)
+            raise
+        event = "activated" if result.outcome == "activated" else "installed"
+        await self.events.record(
+            event,
+            f"slot {result.bundle.slot}",
+            source=source,
+            bundle=_label(m),
+            release=m.release,
+        )
+        return result
+
+    async def _refused(self, reason: str, source: str, manifest: BundleManifest | None) -> None:
+        await self.events.record(
+            "refused",
+            reason,
+            source=source,
+            bundle=_label(manifest) if manifest else "",
+            release=manifest.release if manifest else 0,
+        )
+
+    async def _install_staged(
+        self, staged: Path, manifest: BundleManifest, signers: tuple[str, ...], activate: bool
+    ) -> InstallResult:
+        pointer = self.store.read_pointer()
+        if not activate and pointer.active is None:
+            raise FailedPrecondition("no active bundle: the first bundle must be activated")
+        # Another install may have committed while this one was verifying.
+        check_release(manifest, self.store.release_floor())
+        slot = await asyncio.to_thread(self.store.place, staged, pointer)
+        self._signers[slot] = signers
+        if not activate:
+            # The new bundle becomes the rollback target; the old one is retired.
+            old_previous = pointer.previous
+            pointer = Pointer(pointer.active, slot)
+            self.store.write_pointer(pointer)
+            if old_previous is not None:
+                await asyncio.to_thread(self.store.discard, self.store.slot_dir(old_previous))
+            return InstallResult(self._info(pointer, slot), "installed")
+        pointer = await self._activate(slot, manifest, pointer)
+        return InstallResult(self._info(pointer, slot), "activated")
 
     def _stage(
         self, archive: Path, staged: Path, consume: bool
@@ -209,41 +268,59 @@ class BundleManager:
                 archive.unlink(missing_ok=True)
         return self._check(staged, anti_rollback=True)
 
-    async def rollback(self) -> BundleInfo:
-        """Switch back to the previous slot (trial load + probe as for any activation)."""
-        async with self._lock:
+    async def rollback(self, *, source: str = "operator") -> BundleInfo:
+        """Switch back to the previous slot (verify + trial load + probe as for any activation)."""
+        manifest: BundleManifest | None = None
+        try:
             pointer = self.store.read_pointer()
             if pointer.previous is None:
                 raise FailedPrecondition("there is no previous bundle to roll back to")
-            manifest, signers = await asyncio.to_thread(
-                self._check, self.store.slot_dir(pointer.previous), anti_rollback=False
+            target = pointer.previous
+            # Hashing a whole model takes long: do it before taking the lock.
+            m, signers = await asyncio.to_thread(
+                self._check, self.store.slot_dir(target), anti_rollback=False
             )
-            self._signers[pointer.previous] = signers
-            pointer = await self._activate(
-                pointer.previous, manifest, pointer, discard_on_failure=False
-            )
-            assert pointer.active is not None
-            return self._info(pointer, pointer.active)
+            manifest = m
+            async with self._lock:
+                # Slots are never reused while named, so an unchanged pointer means the
+                # verified folder is still the rollback target.
+                now = self.store.read_pointer()
+                if now.settled() != pointer.settled():
+                    raise FailedPrecondition("the installed bundles changed meanwhile; retry")
+                self._signers[target] = signers
+                pointer = await self._activate(target, m, pointer)
+        except EdgeAgentError as exc:
+            await self._refused(f"rollback: {exc.message}", source, manifest)
+            raise
+        assert pointer.active is not None
+        info = self._info(pointer, pointer.active)
+        await self.events.record(
+            "rolled_back",
+            f"slot {info.slot}",
+            source=source,
+            bundle=_label(m),
+            release=m.release,
+        )
+        return info
 
-    async def _activate(
-        self, slot: str, manifest: BundleManifest, pointer: Pointer, *, discard_on_failure: bool
-    ) -> Pointer:
+    async def _activate(self, slot: str, manifest: BundleManifest, pointer: Pointer) -> Pointer:
+        """Switch to ``slot``; on failure the pointer and both known bundles stay as they were."""
         new_dir = self.store.slot_dir(slot)
-        old = pointer.active
+        old, spare = pointer.active, pointer.previous
         step = "trial load"
         switched = False
         try:
             async with asyncio.timeout(self.config.trial_load_timeout_seconds):
                 await self._host.trial_load(new_dir)
             step = "switch"
-            self.store.write_pointer(Pointer(slot, old, "trial"))
+            self.store.write_pointer(Pointer(old, spare, "trial", slot))
             switched = True
             await self._host.switch_to(new_dir)
             step = "health probe"
             async with asyncio.timeout(self.config.health_probe_timeout_seconds):
                 await self._host.health_probe()
         except BaseException as exc:
-            await self._undo(slot, old, switched=switched, discard=discard_on_failure)
+            await self._undo(slot, pointer, switched=switched)
             if isinstance(exc, EdgeAgentError):
                 raise BundleError(f"{step} of {manifest.name} failed: {exc.message}") from exc
             if isinstance(exc, TimeoutError):
@@ -252,21 +329,22 @@ class BundleManager:
                 _log.exception("%s of bundle %s failed", step, manifest.name)
                 raise BundleError(f"{step} of {manifest.name} failed (internal error)") from exc
             raise
-        committed = Pointer(slot, old, "committed")
+        committed = Pointer(slot, old)
         self.store.write_pointer(committed)
         self.store.record_release(manifest.name, manifest.release)
-        _log.info("bundle %s %s active in slot %s", manifest.name, manifest.version, slot)
+        self.fallback_reason = None
+        if spare is not None and spare not in (slot, old):
+            await asyncio.to_thread(self.store.discard, self.store.slot_dir(spare))
         return committed
 
-    async def _undo(self, slot: str, old: str | None, *, switched: bool, discard: bool) -> None:
-        if switched and old is not None:
+    async def _undo(self, slot: str, pointer: Pointer, *, switched: bool) -> None:
+        if switched and pointer.active is not None:
             try:
-                await self._host.switch_to(self.store.slot_dir(old))
+                await self._host.switch_to(self.store.slot_dir(pointer.active))
             except Exception:
-                _log.exception("switching back to slot %s failed", old)
-        keep = None if discard else slot
-        self.store.write_pointer(Pointer(old, keep if old else None, "committed"))
-        if discard or old is None:
+                _log.exception("switching back to slot %s failed", pointer.active)
+        self.store.write_pointer(pointer.settled())
+        if slot not in (pointer.active, pointer.previous):  # a new bundle, not the target
             await asyncio.to_thread(self.store.discard, self.store.slot_dir(slot))
 
     def _limits(self) -> ArchiveLimits:

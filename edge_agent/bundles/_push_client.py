@@ -26,7 +26,7 @@ from edge_agent.client._operator_channel import (
 )
 from edge_agent.errors import BundleError, EdgeAgentError, FailedPrecondition, InvalidArgument
 
-__all__ = ["PushOutcome", "list_remote", "push_archive", "rollback_remote"]
+__all__ = ["PushOutcome", "list_remote", "list_remote_state", "push_archive", "rollback_remote"]
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED}
 
@@ -82,6 +82,7 @@ def push_archive(
     digest = _sha256(archive)
     meta = operator_metadata(target)
     sent = 0
+    reached = False  # retries are for a dropped upload; an unreachable box fails at once
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="push", disable=not progress)
     try:
         for attempt in range(1, max_attempts + 1):
@@ -93,6 +94,7 @@ def push_archive(
                         timeout=target.timeout_s,
                         metadata=meta,
                     )
+                    reached = True
                     offset = answer.offset
                     size = min(chunk_bytes, answer.max_chunk_bytes or chunk_bytes)
                     bar.n = offset
@@ -125,6 +127,8 @@ def push_archive(
                         sent += counter[0]
                 except grpc.RpcError as exc:
                     code = exc.code() if isinstance(exc, grpc.Call) else None
+                    if not reached:
+                        raise _error(exc) from exc
                     if code in _RETRYABLE and attempt < max_attempts:
                         sleep(min(30.0, 0.5 * 2 ** (attempt - 1)))
                         continue
@@ -136,6 +140,11 @@ def push_archive(
 
 
 def list_remote(target: OperatorTarget) -> list[dict[str, Any]]:
+    return list_remote_state(target)[0]
+
+
+def list_remote_state(target: OperatorTarget) -> tuple[list[dict[str, Any]], str]:
+    """The installed bundles, and why the box serves none of them ("" when it does)."""
     with open_operator_channel(target) as channel:
         try:
             resp = operator_pb2_grpc.OperatorStub(channel).ListBundles(
@@ -145,7 +154,7 @@ def list_remote(target: OperatorTarget) -> list[dict[str, Any]]:
             )
         except grpc.RpcError as exc:
             raise _error(exc) from exc
-    return [_info(b) for b in resp.bundles]
+    return [_info(b) for b in resp.bundles], resp.problem
 
 
 def rollback_remote(target: OperatorTarget, *, timeout_s: float = 3600.0) -> dict[str, Any]:

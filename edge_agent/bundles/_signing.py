@@ -11,7 +11,9 @@ goes on a multi-GB model.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +39,9 @@ _SIG_NAME = re.compile(r"^([0-9a-f]{64})\.sig$")
 _MAX_SIGNATURES = 64
 _MAX_SIG_BYTES = 1024 * 1024
 
-Status = Literal["valid", "unknown-key", "revoked", "bad-signature", "content-mismatch"]
+Status = Literal[
+    "valid", "unknown-key", "not-a-bundle-key", "revoked", "bad-signature", "content-mismatch"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +109,7 @@ def _hashing_config() -> Any:
 def sign_bundle(folder: Path, private_key: Path, *, password: bytes | None = None) -> Path:
     """Add ``signatures/<key-id>.sig`` to a bundle folder and return its path."""
     load_manifest(folder)  # refuse to sign something that is not a bundle
+    _refuse_links(folder)
     key = load_private_key(private_key, password)
     kid = key_id(key.public_key())
     sig_dir = folder / SIGNATURES_DIR
@@ -120,11 +125,25 @@ def sign_bundle(folder: Path, private_key: Path, *, password: bytes | None = Non
     return sig_path
 
 
+def _refuse_links(folder: Path) -> None:
+    """Bundles hold regular files and folders only; name the first offender, relative."""
+    for root, dirs, files in os.walk(folder):
+        for name in sorted(dirs + files):
+            path = Path(root) / name
+            rel = path.relative_to(folder).as_posix()
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                raise BundleError(f"bundle folder holds a symlink: {rel} (bundles never do)")
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise BundleError(f"bundle folder holds a special file: {rel}")
+
+
 def hash_folder(folder: Path) -> dict[str, tuple[str, str]]:
     """``{relative path: (algorithm, hex digest)}`` of every signed file, hashed in parallel."""
     try:
+        _refuse_links(folder)
         manifest = _hashing_config().hash(folder)
-    except ValueError as exc:  # model-signing refuses symlinks and special files this way
+    except ValueError as exc:  # model-signing's own refusal (a file swapped meanwhile)
         raise BundleError(f"bundle folder holds a link or special file: {_clean(exc)}") from exc
     except OSError as exc:
         raise BundleError("bundle folder cannot be read") from exc
@@ -141,7 +160,8 @@ def _digests(manifest: Any) -> dict[str, tuple[str, str]]:
 def _clean(exc: BaseException) -> str:
     """The upstream message without absolute paths of this machine."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return re.sub(r"(/[^\s'\"]+)+/", "", text)[:200]
+    text = text.split(". This behavior can be changed")[0]  # an option we do not offer
+    return re.sub(r"/[^\s'\"]*/([^\s'\"/]+)", r"\1", text)[:200]
 
 
 class _KeyVerifier(sign_ec_key.Verifier):
@@ -169,8 +189,13 @@ def verify_bundle(
     threshold: int,
     *,
     revoked: frozenset[str] = frozenset(),
+    other_roles: frozenset[str] = frozenset(),
 ) -> VerificationReport:
-    """Check ``folder`` against ``trusted`` keys (key id -> key); never raises on bad content."""
+    """Check ``folder`` against ``trusted`` keys (key id -> key); never raises on bad content.
+
+    ``other_roles``: ids the trust store holds for other roles (policy, credentials): such a
+    signature is reported as ``not-a-bundle-key`` rather than ``unknown-key``.
+    """
     checks: list[SignatureCheck] = []
     problems: list[str] = []
     expected: list[tuple[str, dict[str, tuple[str, str]]]] = []
@@ -190,7 +215,8 @@ def verify_bundle(
             continue
         key = trusted.get(kid)
         if key is None:
-            checks.append(SignatureCheck(kid, "unknown-key"))
+            status: Status = "not-a-bundle-key" if kid in other_roles else "unknown-key"
+            checks.append(SignatureCheck(kid, status))
             continue
         try:
             expected.append((kid, _check_envelope(entry, key)["digests"]))

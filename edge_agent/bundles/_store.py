@@ -1,18 +1,25 @@
-"""A/B slots on disk, the ``current`` pointer, release counters and crash recovery.
+"""Slots on disk, the ``current`` pointer, release counters and crash recovery.
 
 Layout under ``<state>/bundles``::
 
-    slots/a/  slots/b/    complete bundle folders (the model dir handed to the engine)
+    slots/a/ b/ c/        complete bundle folders (the model dir handed to the engine)
     staging/<random>/     an archive being extracted; never referenced by the pointer
+    staging/inbox-*.tar   private copies of inbox files (see _inbox.py)
     trash/<random>/       folders being deleted (a rename first, so deletion is atomic)
     uploads/              partial uploads (see _upload.py)
-    current.json          {"active", "previous", "state": "committed"|"trial"}
+    current.json          {"active", "previous", "state": "committed"|"trial", "pending"}
     releases.json         {bundle name: highest committed release}  (anti-rollback)
 
+Three slots, so an install never touches the two bundles that matter: the active one and
+the previous known-good one (the rollback target). A new bundle goes into the free slot;
+only its commit retires the old rollback target. A failed or interrupted install therefore
+leaves both in place.
+
 Only ``current.json`` decides what is active; it is replaced with write-temp + fsync +
-rename + fsync(dir). A pointer in state ``trial`` means the health probe never confirmed the
-switch: recovery goes back to ``previous``. Anything a crash leaves behind (staging, trash,
-temp files, a slot the pointer does not name) is removed by ``recover``.
+rename + fsync(dir). State ``trial`` means the engine was switched to ``pending`` and the
+health probe never confirmed it: recovery keeps ``active`` and drops ``pending``. Anything a
+crash leaves behind (staging, trash, temp files, a slot the pointer does not name) is
+removed by ``recover``.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ __all__ = ["SLOTS", "Pointer", "SlotStore"]
 
 _log = logging.getLogger(__name__)
 
-SLOTS = ("a", "b")
+SLOTS = ("a", "b", "c")
 PointerState = Literal["committed", "trial"]
 
 
@@ -41,10 +48,15 @@ class Pointer:
     active: str | None = None
     previous: str | None = None
     state: PointerState = "committed"
+    # The slot being activated (state "trial"): the engine may be on it, unconfirmed.
+    pending: str | None = None
 
-    def other(self) -> str:
-        """The slot a new bundle goes into: never the active one."""
-        return "b" if self.active == "a" else "a"
+    def free(self) -> str:
+        """The slot a new bundle goes into: neither the active nor the rollback target."""
+        return next(s for s in SLOTS if s not in (self.active, self.previous))
+
+    def settled(self) -> Pointer:
+        return Pointer(self.active, self.previous)
 
 
 class SlotStore:
@@ -55,7 +67,7 @@ class SlotStore:
         self.trash = root / "trash"
         self.uploads = root / "uploads"
         self._pointer = root / "current.json"
-        self._releases = root / "releases.json"
+        self.releases_path = root / "releases.json"
 
     def ensure(self) -> None:
         for d in (self.root, self.slots, self.staging, self.trash, self.uploads):
@@ -82,20 +94,35 @@ class SlotStore:
         if not isinstance(raw, dict):
             return None
         active, previous, state = raw.get("active"), raw.get("previous"), raw.get("state")
+        pending = raw.get("pending")
         if active not in (*SLOTS, None) or previous not in (*SLOTS, None) or active == previous:
             return None
-        if state not in ("committed", "trial"):
+        if state not in ("committed", "trial") or pending not in (*SLOTS, None):
             return None
-        return Pointer(active, previous if active else None, state)
+        if state == "trial" and "pending" not in raw:
+            # Written by a two-slot version: "active" was the unconfirmed one.
+            return Pointer(previous, active) if previous else Pointer(pending=active)
+        if pending is not None and pending == active:
+            return None
+        return Pointer(active, previous if active else None, state, pending)
 
     def write_pointer(self, pointer: Pointer) -> None:
-        data = {"active": pointer.active, "previous": pointer.previous, "state": pointer.state}
+        data = {
+            "active": pointer.active,
+            "previous": pointer.previous,
+            "state": pointer.state,
+            "pending": pointer.pending,
+        }
         atomic_write(self._pointer, json.dumps(data).encode())
 
     # -- anti-rollback -------------------------------------------------------------------
+    def release_floor(self) -> int:
+        """The highest release ever committed here, whatever its name (fleet-wide counter)."""
+        return max(self.releases().values(), default=0)
+
     def releases(self) -> dict[str, int]:
         try:
-            raw = json.loads(self._releases.read_bytes())
+            raw = json.loads(self.releases_path.read_bytes())
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
@@ -107,7 +134,7 @@ class SlotStore:
         current = self.releases()
         if release > current.get(name, 0):
             current[name] = release
-            atomic_write(self._releases, json.dumps(current, sort_keys=True).encode())
+            atomic_write(self.releases_path, json.dumps(current, sort_keys=True).encode())
 
     # -- slots ---------------------------------------------------------------------------
     def new_staging_dir(self) -> Path:
@@ -123,17 +150,17 @@ class SlotStore:
         fsync_dir(path.parent)
         remove_tree(target)
 
-    def place(self, staged: Path, pointer: Pointer) -> tuple[str, Pointer]:
-        """Move a verified staging folder into the inactive slot; returns (slot, pointer)."""
-        slot = pointer.other()
-        if pointer.previous == slot:
-            # The old rollback target is about to be overwritten: forget it first.
-            pointer = Pointer(pointer.active, None, pointer.state)
-            self.write_pointer(pointer)
+    def place(self, staged: Path, pointer: Pointer) -> str:
+        """Move a verified staging folder into the free slot; the pointer is not changed.
+
+        Until a pointer names it the slot is a leftover to recovery, so a crash from here
+        on costs nothing but the new bundle.
+        """
+        slot = pointer.free()
         self.discard(self.slot_dir(slot))
         os.replace(staged, self.slot_dir(slot))
         fsync_dir(self.slots)
-        return slot, pointer
+        return slot
 
     def recover(self) -> Pointer:
         """Clean what a crash left and settle the pointer; the caller verifies the result."""
@@ -154,16 +181,14 @@ class SlotStore:
                 reverse=True,
             )
             order: list[str | None] = [*slots, None, None]
-            loaded = Pointer(order[0], order[1], "committed")
+            loaded = Pointer(order[0], order[1])
             self.write_pointer(loaded)
         pointer = loaded
-        if pointer.state == "trial":
-            # The switch was never confirmed by a health probe: the old bundle wins; the
-            # unconfirmed one stays as the rollback target (a rollback re-verifies and probes).
-            if pointer.previous:
-                pointer = Pointer(pointer.previous, pointer.active, "committed")
-            else:
-                pointer = Pointer()
+        if pointer.state == "trial" or pointer.pending is not None:
+            # The switch was never confirmed by a health probe: the bundle that was active
+            # wins and the known-good rollback target stays; the unconfirmed one is dropped
+            # below (unless it was that rollback target itself).
+            pointer = pointer.settled()
             self.write_pointer(pointer)
         for slot in SLOTS:
             if slot not in (pointer.active, pointer.previous):
@@ -181,9 +206,9 @@ class SlotStore:
 
     def _forget(self, pointer: Pointer, slot: str) -> Pointer:
         if pointer.active == slot:
-            pointer = Pointer(pointer.previous, None, "committed")
+            pointer = Pointer(pointer.previous, None)
         else:
-            pointer = Pointer(pointer.active, None, pointer.state)
+            pointer = Pointer(pointer.active, None, pointer.state, pointer.pending)
         self.write_pointer(pointer)
         return pointer
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -85,6 +86,8 @@ class UploadReceiver:
         if not _HEX64.match(digest):
             raise InvalidArgument("sha256", "must be 64 hex digits")
         self.directory.mkdir(parents=True, exist_ok=True)
+        if part.is_symlink() or (part.exists() and not part.is_file()):
+            remove_tree(part)  # not something we wrote (a link, a FIFO): never open it
         declared = json.dumps({"total_size": header.total_size, "sha256": digest}).encode()
         current = self.offset(header.upload_id)
         if header.offset == 0 and current:
@@ -104,7 +107,7 @@ class UploadReceiver:
             raise ResourceExhausted(f"not enough disk space: {needed} bytes needed, {free} free")
         if not current:
             atomic_write(meta, declared)
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        fd = _open_regular(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         self._open_ids.add(header.upload_id)
         return UploadSession(self, header.upload_id, fd, current, header.total_size, digest)
 
@@ -126,6 +129,18 @@ class UploadReceiver:
             except FileNotFoundError:
                 continue
         return removed
+
+
+def _open_regular(path: Path, flags: int) -> int:
+    """Open without following a link or waiting on a FIFO; only a regular file is kept."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise FailedPrecondition("the partial upload cannot be opened; restart it") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise FailedPrecondition("the partial upload is not a regular file; restart it")
+    return fd
 
 
 class UploadSession:
@@ -188,7 +203,7 @@ class UploadSession:
                 "chunk", f"upload truncated: {self.offset} of {self.total} bytes received"
             )
         h = hashlib.sha256()
-        with part.open("rb") as f:
+        with os.fdopen(_open_regular(part, os.O_RDONLY), "rb") as f:
             while block := f.read(_HASH_CHUNK):
                 h.update(block)
         if h.hexdigest() != self._sha256:

@@ -12,13 +12,16 @@ import json
 import sys
 import tempfile
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from edge_agent._operator_cli import add_target_arguments, parse_duration, target_from_args
+from edge_agent.bundles._admission import BoxRules, check_bundle
 from edge_agent.bundles._archive import ArchiveLimits, pack_bundle, unpack_bundle
 from edge_agent.bundles._build import BuildRequest, build_bundle
-from edge_agent.bundles._format import load_manifest
+from edge_agent.bundles._config import BundlesConfig
+from edge_agent.bundles._format import agent_version, format_time, load_manifest
 from edge_agent.bundles._keys import (
     generate_keypair,
     key_id,
@@ -26,7 +29,8 @@ from edge_agent.bundles._keys import (
     load_public_key,
     public_key_pem,
 )
-from edge_agent.bundles._signing import sign_bundle, verify_bundle
+from edge_agent.bundles._signing import sign_bundle
+from edge_agent.bundles._store import SlotStore
 from edge_agent.bundles._truststore import (
     ROLES,
     TrustDocument,
@@ -75,6 +79,16 @@ def _roles(text: str) -> frozenset[str]:
     return roles
 
 
+def _utc_time(text: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            "expected an ISO-8601 time, e.g. 2027-01-31T00:00Z"
+        ) from exc
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
 def _print(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
@@ -107,28 +121,70 @@ def _cmd_sign(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_verify(args: argparse.Namespace) -> int:
+def _box_rules(args: argparse.Namespace) -> tuple[TrustDocument, BoxRules, ArchiveLimits]:
+    """The rules of the box ``--config`` describes, else of a default box with these keys."""
+    version = args.agent_version or agent_version()
+    if args.config is not None:
+        from edge_agent.config import load_config
+
+        config = load_config(args.config)
+        bundles = config.bundles
+        paths = bundles.paths(config.paths.state_dir)
+        doc = TrustStore(args.trust_store or paths.trust_store).load()
+        store = SlotStore(paths.root)
+        # On the box itself its release counter applies; elsewhere it cannot be known.
+        floor = store.release_floor() if store.releases_path.exists() else None
+        rules = BoxRules(
+            max(args.threshold or 1, bundles.threshold), bundles.require_expiry, version, floor
+        )
+        limits = ArchiveLimits(bundles.max_bundle_bytes, bundles.max_file_bytes, bundles.max_files)
+        return doc, rules, limits
+    defaults = BundlesConfig()
+    limits = ArchiveLimits(args.max_bytes, args.max_bytes, defaults.max_files)
+    require_expiry = not args.lab
     if args.trust_store:
         doc = TrustStore(args.trust_store).load()
-        keys, revoked = doc.keys_for("bundle"), doc.revoked
-        threshold = max(args.threshold or 1, doc.threshold)
-    else:
-        if not args.public_key:
-            raise InvalidArgument("--public-key", "give --trust-store or at least one key")
-        pubs = [load_public_key(p.read_bytes()) for p in args.public_key]
-        keys, revoked = {key_id(k): k for k in pubs}, frozenset[str]()
-        threshold = args.threshold or 1
+        return doc, BoxRules(args.threshold or 1, require_expiry, version, None), limits
+    if not args.public_key:
+        raise InvalidArgument("--public-key", "give --config, --trust-store or at least one key")
+    keys = []
+    for path in args.public_key:
+        pub = load_public_key(path.read_bytes())
+        keys.append(TrustedKey(key_id(pub), frozenset({"bundle"}), public_key_pem(pub)))
+    doc = TrustDocument(keys=tuple(keys))
+    return doc, BoxRules(args.threshold or 1, require_expiry, version, None), limits
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    """The box's own admission code, offline: rc 0 only for what the box would accept."""
+    doc, rules, limits = _box_rules(args)
+    now = args.at or datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="edge-agent-verify-") as tmp:
         folder = args.path
-        if args.path.is_file():  # an archive: unpack it with the box's own limits first
-            folder = Path(tmp) / "bundle"
-            unpack_bundle(args.path, folder, ArchiveLimits(args.max_bytes, args.max_bytes, 10_000))
-        report = verify_bundle(folder, keys, threshold, revoked=revoked)
-        manifest = load_manifest(folder) if report.ok else None
+        try:
+            if args.path.is_file():  # an archive: unpack it with the box's own limits first
+                folder = Path(tmp) / "bundle"
+                unpack_bundle(args.path, folder, limits)
+            manifest, report = check_bundle(folder, doc, rules, now=now)
+        except EdgeAgentError as exc:
+            text = exc.message
+            print(text if text.startswith("refused:") else f"refused: {text}")
+            return 1
     print(report.summary())
-    if manifest is not None:
-        print(f"bundle: {manifest.name} {manifest.version} release {manifest.release}")
-    return 0 if report.ok else 1
+    print(f"bundle: {manifest.name} {manifest.version} release {manifest.release}")
+    expiry = format_time(manifest.expires_at) if manifest.expires_at else "never (lab box only)"
+    print(
+        f"expires: {expiry}; needs agent >= {manifest.min_agent_version} (checked against "
+        f"{rules.running_version})"
+    )
+    if rules.release_floor is None:
+        print(
+            "anti-rollback: not checked here (the box refuses releases <= the highest it has "
+            "committed, of any bundle name)"
+        )
+    else:
+        print(f"anti-rollback: release {manifest.release} > {rules.release_floor} on this box")
+    return 0
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
@@ -160,9 +216,12 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from edge_agent.bundles._push_client import list_remote
+    from edge_agent.bundles._push_client import list_remote_state
 
-    _print(list_remote(target_from_args(args)))
+    bundles, problem = list_remote_state(target_from_args(args))
+    _print(bundles)
+    if problem:
+        print(f"warning: {problem}", file=sys.stderr)
     return 0
 
 
@@ -192,7 +251,17 @@ def add_bundle_commands(subparsers: Any) -> None:
     p.add_argument("--ep", default="cpu", help="execution provider: cpu, cuda, dml, ...")
     p.add_argument("--precision", default="int4", choices=["int4", "fp16", "fp32", "bf16"])
     p.add_argument("--via", default="builder", choices=["builder", "optimum"])
-    p.add_argument("--expires-in", type=parse_duration, default=None, help="e.g. 180d")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--expires-in", type=parse_duration, default=timedelta(days=365), help="default 365d"
+    )
+    g.add_argument(
+        "--no-expiry",
+        dest="expires_in",
+        action="store_const",
+        const=None,
+        help="never expires: only lab boxes ([bundles] require_expiry = false) accept it",
+    )
     p.add_argument("--min-agent-version", default="0.1.0")
     p.add_argument(
         "--builder-option", action="append", metavar="KEY=VALUE", help="builder extra option"
@@ -206,12 +275,24 @@ def add_bundle_commands(subparsers: Any) -> None:
     p.add_argument("--key", type=Path, required=True, help="EC P-256 private key (PEM)")
     _password_args(p)
 
-    p = _sub(sub, "verify", _cmd_verify, "verify a bundle folder or archive offline")
+    p = _sub(
+        sub,
+        "verify",
+        _cmd_verify,
+        "judge a bundle folder or archive offline exactly as a box would (signatures, "
+        "threshold, expiry, minimum agent version; anti-rollback when run on the box)",
+    )
     p.add_argument("path", type=Path)
+    p.add_argument("--config", type=Path, help="the box's agent.toml: its trust store and rules")
     p.add_argument("--trust-store", type=Path)
     p.add_argument("--public-key", type=Path, action="append")
     p.add_argument("--threshold", type=int, default=None)
     p.add_argument("--max-bytes", type=int, default=64 * _GIB)
+    p.add_argument(
+        "--agent-version", default=None, help="judge for this agent version (default: this one)"
+    )
+    p.add_argument("--at", type=_utc_time, default=None, help="judge at this UTC time (ISO)")
+    p.add_argument("--lab", action="store_true", help="a lab box: accept bundles without expiry")
 
     p = _sub(sub, "pack", _cmd_pack, "pack a signed bundle folder into one tar archive")
     p.add_argument("folder", type=Path)

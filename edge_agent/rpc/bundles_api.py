@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from edge_agent._proto.edge_agent.v1 import bundles_pb2
@@ -54,8 +54,11 @@ def _close_opened(fut: asyncio.Future[UploadSession]) -> None:
 class BundlesApi:
     """The bundle half of the Operator service; the lead's OperatorServicer delegates here."""
 
-    def __init__(self, manager: BundleManager) -> None:
+    def __init__(
+        self, manager: BundleManager, *, client_id: Callable[[], str] = lambda: "operator"
+    ) -> None:
         self._manager = manager
+        self._client_id = client_id  # who pushed or rolled back, for the audit log
         # Installs outlive a dropped client (shielded); keep them referenced until done.
         self._installs: set[asyncio.Task[Any]] = set()
 
@@ -64,6 +67,7 @@ class BundlesApi:
     ) -> bundles_pb2.PushBundleResponse:
         session: UploadSession | None = None
         activate = True
+        source = self._client_id()
         try:
             async for msg in request_iterator:
                 kind = msg.WhichOneof("item")
@@ -89,7 +93,13 @@ class BundlesApi:
             if session is not None:
                 await asyncio.to_thread(session.close)  # keep the partial file for a resume
         task = asyncio.create_task(
-            self._manager.install_archive(archive, activate=activate, consume=True)
+            self._manager.install_archive(
+                archive,
+                activate=activate,
+                consume=True,
+                source=source,
+                name=f"upload {archive.stem}",
+            )
         )
         self._installs.add(task)
         task.add_done_callback(self._installs.discard)
@@ -110,12 +120,15 @@ class BundlesApi:
         self, request: bundles_pb2.ListBundlesRequest, context: Any
     ) -> bundles_pb2.ListBundlesResponse:
         infos = await asyncio.to_thread(self._manager.list_bundles)
-        return bundles_pb2.ListBundlesResponse(bundles=[bundle_info_to_proto(i) for i in infos])
+        return bundles_pb2.ListBundlesResponse(
+            bundles=[bundle_info_to_proto(i) for i in infos],
+            problem=self._manager.fallback_reason or "",
+        )
 
     async def RollbackBundle(
         self, request: bundles_pb2.RollbackBundleRequest, context: Any
     ) -> bundles_pb2.RollbackBundleResponse:
-        info = await self._manager.rollback()
+        info = await self._manager.rollback(source=self._client_id())
         return bundles_pb2.RollbackBundleResponse(bundle=bundle_info_to_proto(info))
 
     async def wait_installs(self) -> None:

@@ -31,6 +31,8 @@ class StatusView:
     connectivity: ConnectivitySnapshot | None = None
     tls_fingerprint: str = ""
     device_id: str = ""
+    # Why the box serves no signed bundle (it fell back to the built-in model), or "".
+    bundle_problem: str = ""
 
 
 def local_model_info(model: ModelIdentity, engine: EngineStatusView) -> pb.ModelInfo:
@@ -73,6 +75,8 @@ def _pressure(snapshot: PressureSnapshot) -> pb.PressureStatus:
 def status_to_proto(view: StatusView) -> pb.GetStatusResponse:
     engine = view.engine
     state = pb.SERVING_STATE_STOPPING if view.stopping else _SERVING_STATE[engine.state]
+    if view.bundle_problem and state == pb.SERVING_STATE_SERVING:
+        state = pb.SERVING_STATE_DEGRADED
     response = pb.GetStatusResponse(
         agent_version=view.agent_version,
         state=state,

@@ -406,6 +406,18 @@ def test_report_lookup() -> None:
     assert DoctorReport().exit_code == 0
 
 
+def test_the_global_agent_config_reaches_the_doctor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_agent.cli import main
+
+    missing = tmp_path / "elsewhere.toml"
+    assert main(["--agent-config", str(missing), "doctor", "--offline"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL  config")
+    assert "elsewhere.toml" in out  # the file given, not /etc/edge-agent/agent.toml
+
+
 # -- the running service (the real systemd is in test_appliance_systemd.py) --------------
 
 

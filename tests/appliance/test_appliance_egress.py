@@ -13,9 +13,7 @@ control): a silent sink proves nothing.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,12 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bundle_fixtures import Fleet
+from bundle_fixtures import Fleet, signed_model_archive
 from daemon_harness import DEMO_MODEL
 from sealed_net import SealedNet, fresh_namespace, missing_tools, prove_sink_sees
 
 from edge_agent._operator_cli import OperatorTarget
-from edge_agent.bundles import pack_bundle
 from edge_agent.bundles._push_client import push_archive
 from edge_agent.client import ChatOptions, Client
 from edge_agent.config import load_config
@@ -63,18 +60,6 @@ def _config(folder: Path, port: int, *, air_gapped: bool) -> Path:
         f"[policy]\nair_gapped = {'true' if air_gapped else 'false'}\n"
     )
     return path
-
-
-def _bundle(fleet: Fleet, root: Path, release: int) -> Path:
-    folder = root / f"demo-r{release}"
-    shutil.copytree(DEMO_MODEL, folder)
-    meta = json.loads((folder / "bundle.json").read_text())
-    meta.update(name="edge-demo-mistral", version=f"1.{release}.0", release=release)
-    (folder / "bundle.json").write_text(json.dumps(meta, indent=2))
-    fleet.sign(folder, "ops")
-    archive = root / f"demo-r{release}.tar"
-    pack_bundle(folder, archive)
-    return archive
 
 
 def _wait_serving(admin: str, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -146,7 +131,7 @@ def test_daemons_send_nothing_out_air_gapped_or_not(sealed: SealedNet, tmp_path:
             assert "local: edge-demo-mistral" in _chat_over_tcp(sealed, boxes[name][0])
         for name in boxes:
             admin = OperatorTarget(address=admins[name], insecure=True)
-            archive = _bundle(fleet, tmp_path / name / "bundles", release=2)
+            archive = signed_model_archive(fleet, DEMO_MODEL, tmp_path / name / "bundles", 2)
             assert push_archive(admin, archive, progress=False).outcome == "activated"
         chats = 0
         while time.monotonic() - started < RUN_S:

@@ -36,10 +36,13 @@ def bundle_doc(
     version: str = "1.0.0",
     release: int = 1,
     *,
-    expires_at: datetime | None = None,
+    expires_at: datetime | str | None = "in 30 days",
     min_agent_version: str = "0.1.0",
 ) -> dict[str, Any]:
+    """A valid bundle.json; boxes require an expiry, so there is one unless given None."""
     now = datetime.now(UTC).replace(microsecond=0)
+    if isinstance(expires_at, str):
+        expires_at = now + timedelta(days=30)
     return {
         "format": 1,
         "name": name,
@@ -192,3 +195,34 @@ def run_installer(state: str, archive: str, also_rollback: bool) -> None:
             await m.rollback()
 
     asyncio.run(run())
+
+
+def signed_model_archive(
+    fleet: Fleet,
+    model_dir: Path,
+    root: Path,
+    release: int,
+    *,
+    name: str = "edge-demo-mistral",
+    break_model: bool = False,
+) -> Path:
+    """A copy of ``model_dir`` as bundle ``name`` 1.<release>.0 (expiring in 30 days),
+    signed by the fleet's "ops" key and packed; ``break_model`` keeps the signature valid but
+    makes the model unloadable."""
+    folder = root / f"{name}-r{release}"
+    shutil.copytree(model_dir, folder)
+    meta = json.loads((folder / "bundle.json").read_text())
+    expires = datetime.now(UTC) + timedelta(days=30)
+    meta.update(
+        name=name,
+        version=f"1.{release}.0",
+        release=release,
+        expires_at=expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    (folder / "bundle.json").write_text(json.dumps(meta, indent=2))
+    if break_model:
+        (folder / "model.onnx").write_bytes(b"not an onnx graph" * 100)
+    fleet.sign(folder, "ops")
+    archive = root / f"{name}-r{release}.tar"
+    pack_bundle(folder, archive)
+    return archive

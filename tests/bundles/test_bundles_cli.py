@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import stat
 from pathlib import Path
 
 import pytest
 
+from edge_agent._operator_cli import OperatorTarget
+from edge_agent.bundles._push_client import push_archive
 from edge_agent.bundles.cli import add_bundle_commands, add_keys_commands
+from edge_agent.errors import Unavailable
 
 
 def _cli(*argv: str | Path) -> int:
@@ -62,7 +66,7 @@ def test_keys_build_sign_pack_verify(tmp_path: Path, capsys: pytest.CaptureFixtu
     doc = json.loads((out / "bundle.json").read_text())
     assert doc["model"]["kv_bytes_per_token"] == 2 * 4 * 2 * 64 * 4  # fp32 KV on cpu
     assert doc["model"]["weights_bytes"] == 51_000
-    assert doc["model"]["architecture"] == "mistral"
+    assert doc["model"]["architecture"] == "MistralForCausalLM"  # from the genai type
     assert doc["expires_at"] is not None
     archive = tmp_path / "bundle.tar"
     assert _cli("bundle", "pack", out, archive) == 0
@@ -116,3 +120,38 @@ def test_build_reports_a_failing_converter(
     err = capsys.readouterr().err
     assert "conversion failed" in err
     assert not (tmp_path / ".out.build").exists()
+
+
+def test_build_of_the_demo_writes_the_shipped_facts(tmp_path: Path) -> None:
+    demo = Path(__file__).resolve().parents[2] / "models" / "demo"
+    out = tmp_path / "demo"
+    rc = _cli(
+        "bundle", "build", demo, "--out", out, "--name", "edge-demo-mistral",
+        "--version", "0.1.0", "--release", "1", "--no-expiry", "--quiet",
+    )  # fmt: skip
+    assert rc == 0
+    built = json.loads((out / "bundle.json").read_text())
+    shipped = json.loads((demo / "bundle.json").read_text())
+    assert built["model"] == shipped["model"]
+    assert built["expires_at"] is None
+    # Without --no-expiry a build expires, so boxes (which require an expiry) take it.
+    out2 = tmp_path / "demo2"
+    rc = _cli(
+        "bundle", "build", demo, "--out", out2, "--name", "edge-demo-mistral",
+        "--version", "0.1.0", "--release", "2", "--quiet",
+    )  # fmt: skip
+    assert rc == 0
+    assert json.loads((out2 / "bundle.json").read_text())["expires_at"] is not None
+
+
+def test_push_to_an_unreachable_box_fails_at_once(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    archive = tmp_path / "x.tar"
+    archive.write_bytes(b"\0" * 1024)
+    waits: list[float] = []
+    target = OperatorTarget(address=f"127.0.0.1:{port}", insecure=True, timeout_s=10)
+    with pytest.raises(Unavailable, match="UNAVAILABLE"):
+        push_archive(target, archive, progress=False, sleep=waits.append)
+    assert waits == []  # no back-off rounds before telling the operator

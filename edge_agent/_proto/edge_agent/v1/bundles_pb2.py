@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65\x64ge_agent/v1/bundles.proto\x12\redge_agent.v1\"m\n\x12\x42undleUploadHeader\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x10\n\x08\x61\x63tivate\x18\x05 \x01(\x08\"a\n\x11PushBundleRequest\x12\x33\n\x06header\x18\x01 \x01(\x0b\x32!.edge_agent.v1.BundleUploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04item\"\x86\x01\n\nBundleInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07release\x18\x03 \x01(\x04\x12\x0c\n\x04slot\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x05 \x01(\x08\x12\x12\n\nexpires_at\x18\x06 \x01(\t\x12\x16\n\x0esigner_key_ids\x18\x07 \x03(\t\"P\n\x12PushBundleResponse\x12)\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x19.edge_agent.v1.BundleInfo\x12\x0f\n\x07outcome\x18\x02 \x01(\t\"+\n\x16GetUploadOffsetRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\"B\n\x17GetUploadOffsetResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x17\n\x0fmax_chunk_bytes\x18\x02 \x01(\x04\"\x14\n\x12ListBundlesRequest\"A\n\x13ListBundlesResponse\x12*\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x19.edge_agent.v1.BundleInfo\"\x17\n\x15RollbackBundleRequest\"C\n\x16RollbackBundleResponse\x12)\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x19.edge_agent.v1.BundleInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65\x64ge_agent/v1/bundles.proto\x12\redge_agent.v1\"m\n\x12\x42undleUploadHeader\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x10\n\x08\x61\x63tivate\x18\x05 \x01(\x08\"a\n\x11PushBundleRequest\x12\x33\n\x06header\x18\x01 \x01(\x0b\x32!.edge_agent.v1.BundleUploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04item\"\x86\x01\n\nBundleInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07release\x18\x03 \x01(\x04\x12\x0c\n\x04slot\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x05 \x01(\x08\x12\x12\n\nexpires_at\x18\x06 \x01(\t\x12\x16\n\x0esigner_key_ids\x18\x07 \x03(\t\"P\n\x12PushBundleResponse\x12)\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x19.edge_agent.v1.BundleInfo\x12\x0f\n\x07outcome\x18\x02 \x01(\t\"+\n\x16GetUploadOffsetRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\"B\n\x17GetUploadOffsetResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x17\n\x0fmax_chunk_bytes\x18\x02 \x01(\x04\"\x14\n\x12ListBundlesRequest\"R\n\x13ListBundlesResponse\x12*\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x19.edge_agent.v1.BundleInfo\x12\x0f\n\x07problem\x18\x02 \x01(\t\"\x17\n\x15RollbackBundleRequest\"C\n\x16RollbackBundleResponse\x12)\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x19.edge_agent.v1.BundleInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,9 +46,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTBUNDLESREQUEST']._serialized_start=588
   _globals['_LISTBUNDLESREQUEST']._serialized_end=608
   _globals['_LISTBUNDLESRESPONSE']._serialized_start=610
-  _globals['_LISTBUNDLESRESPONSE']._serialized_end=675
-  _globals['_ROLLBACKBUNDLEREQUEST']._serialized_start=677
-  _globals['_ROLLBACKBUNDLEREQUEST']._serialized_end=700
-  _globals['_ROLLBACKBUNDLERESPONSE']._serialized_start=702
-  _globals['_ROLLBACKBUNDLERESPONSE']._serialized_end=769
+  _globals['_LISTBUNDLESRESPONSE']._serialized_end=692
+  _globals['_ROLLBACKBUNDLEREQUEST']._serialized_start=694
+  _globals['_ROLLBACKBUNDLEREQUEST']._serialized_end=717
+  _globals['_ROLLBACKBUNDLERESPONSE']._serialized_start=719
+  _globals['_ROLLBACKBUNDLERESPONSE']._serialized_end=786
 # @@protoc_insertion_point(module_scope)

@@ -203,16 +203,20 @@ class ListBundlesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     BUNDLES_FIELD_NUMBER: _builtins.int
+    PROBLEM_FIELD_NUMBER: _builtins.int
+    problem: _builtins.str
+    """Why the box serves no signed bundle (it fell back to its built-in model); "" when fine."""
     @_builtins.property
     def bundles(self) -> _containers.RepeatedCompositeFieldContainer[Global___BundleInfo]: ...
     def __init__(
         self,
         *,
         bundles: _abc.Iterable[Global___BundleInfo] | None = ...,
+        problem: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundles", b"bundles"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundles", b"bundles", "problem", b"problem"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
