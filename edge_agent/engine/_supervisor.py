@@ -176,9 +176,10 @@ class EngineSupervisor:
             reason = "timed out loading the model" if isinstance(exc, TimeoutError) else str(exc)
             raise EngineUnavailable(f"the engine could not load the model: {reason}") from exc
         _log.info(
-            "engine worker pid %s serves %s on %s (context %d, %d lanes × batch %d, %d threads)",
-            info.pid, model_dir, info.execution_provider, info.context_length, info.lanes,
-            info.max_batch_size, info.intra_op_threads,
+            "engine worker pid %s serves %s on %s (context %d, %s prompts, %d lanes × batch %d, "
+            "%d threads)",
+            info.pid, model_dir, info.execution_provider, info.context_length,
+            info.prompt_format, info.lanes, info.max_batch_size, info.intra_op_threads,
         )  # fmt: skip
         return handle
 

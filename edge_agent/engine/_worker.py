@@ -41,9 +41,12 @@ from typing import Any
 import numpy as np
 
 from edge_agent.engine._cpus import resolve_intra_op_threads
+from edge_agent.engine._prompt import PromptError, load_prompt_builder
 from edge_agent.engine._protocol import BlockingChannel
 from edge_agent.engine._providers import ModelLoadError, load_model
 from edge_agent.engine._stops import StopFilter
+from edge_agent.engine._types import messages_from_job, tools_from_job
+from edge_agent.pressure import context_from_genai_config
 
 __all__ = ["worker_main"]
 
@@ -284,8 +287,9 @@ class _Worker:
         self.provider = loaded.provider
         self.skipped = loaded.skipped
         self.tokenizer = og.Tokenizer(self.model)
+        self.prompts = load_prompt_builder(Path(spec["model_dir"]), self.tokenizer)
         config = json.loads((Path(spec["model_dir"]) / "genai_config.json").read_text())
-        self.context_length = int(config["model"]["context_length"])
+        self.context_length = context_from_genai_config(config)
         self.vocab_size = int(config["model"].get("vocab_size", 0))
         eos = config["model"].get("eos_token_id", [])
         self.eos = frozenset(eos if isinstance(eos, list) else [eos])
@@ -309,6 +313,7 @@ class _Worker:
             "provider": self.provider,
             "skipped": self.skipped,
             "context_length": self.context_length,
+            "prompt_format": self.prompts.format,
             "max_batch_size": self.max_batch,
             "lanes": len(self.lanes),
             "intra_op_threads": self.intra_op_threads,
@@ -341,27 +346,15 @@ class _Worker:
 
     def submit(self, rid: int, spec: dict[str, Any], out: _Out) -> None:
         try:
-            prompt = self.tokenizer.apply_chat_template(
-                json.dumps([{"role": r, "content": c} for r, c in spec["messages"]]),
-                add_generation_prompt=True,
+            ids = self.prompts.build(
+                messages_from_job(spec),
+                tools_from_job(spec),
+                str(spec.get("assistant_prefix") or ""),
             )
-            prompt += spec.get("assistant_prefix") or ""
-            tokens = np.asarray(self.tokenizer.encode(prompt), dtype=np.int32)
-        except Exception:
-            out.done.append(
-                (
-                    rid,
-                    "error",
-                    0,
-                    0,
-                    (
-                        "invalid_argument",
-                        "messages",
-                        "the conversation could not be rendered with the model's chat template",
-                    ),
-                )
-            )
+        except PromptError as exc:
+            out.done.append((rid, "error", 0, 0, ("invalid_argument", exc.field, exc.message)))
             return
+        tokens = np.asarray(ids, dtype=np.int32)
         room = self.context_length - len(tokens)
         if room < 1:
             out.done.append(

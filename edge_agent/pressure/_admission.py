@@ -39,6 +39,7 @@ __all__ = [
     "AdmissionController",
     "AdmissionStats",
     "Ticket",
+    "context_from_genai_config",
     "estimate_request_bytes",
     "kv_bytes_per_token",
     "kv_bytes_per_token_from_genai_config",
@@ -78,6 +79,27 @@ def kv_bytes_per_token_from_genai_config(config: Mapping[str, object], element_b
         values["num_hidden_layers"], values["num_key_value_heads"], values["head_size"],
         element_bytes,
     )  # fmt: skip
+
+
+def context_from_genai_config(config: Mapping[str, object]) -> int:
+    """The one context of a model, from a parsed ``genai_config.json``.
+
+    The static engine preallocates the KV cache for ``search.max_length`` tokens per sequence
+    and cannot go past it; ``model.context_length`` is what the model was trained for. The
+    worker's prompt limit, ``max_tokens`` checks, admission's cost and the bundle's facts all
+    use the smaller, so what admission reserves is what the engine allocates.
+    """
+    model = config.get("model")
+    context = model.get("context_length") if isinstance(model, Mapping) else None
+    if not isinstance(context, int) or isinstance(context, bool) or context < 1:
+        raise ValueError("genai_config model.context_length is missing or not a positive integer")
+    search = config.get("search")
+    max_length = search.get("max_length") if isinstance(search, Mapping) else None
+    if max_length is None:
+        return context
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+        raise ValueError("genai_config search.max_length is not a positive integer")
+    return min(context, max_length)
 
 
 def estimate_request_bytes(
