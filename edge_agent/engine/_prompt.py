@@ -104,6 +104,29 @@ class _Text:
             raise PromptError(field, "contains characters the tokenizer cannot encode") from exc
 
 
+def check_text(messages: Sequence[Message], tools: Sequence[ToolSpec], prefix: str) -> None:
+    """Refuse text no tokenizer can read (lone surrogates), naming the exact field."""
+    fields: list[tuple[str, str]] = [("assistant_prefix", prefix)]
+    for i, m in enumerate(messages):
+        fields += [
+            (f"messages[{i}].content", m.content),
+            (f"messages[{i}].tool_call_id", m.tool_call_id),
+        ]
+        for j, c in enumerate(m.tool_calls):
+            fields += [(f"messages[{i}].tool_calls[{j}].id", c.id)]
+            fields += [(f"messages[{i}].tool_calls[{j}].function.name", c.name)]
+            fields += [(f"messages[{i}].tool_calls[{j}].function.arguments", c.arguments)]
+    for i, t in enumerate(tools):
+        fields += [(f"tools[{i}].function.name", t.name)]
+        fields += [(f"tools[{i}].function.description", t.description)]
+        fields += [(f"tools[{i}].function.parameters", t.parameters_json)]
+    for field, value in fields:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PromptError(field, "contains characters the tokenizer cannot encode") from None
+
+
 # ------------------------------------------------------------------------------ mistral v7
 
 
@@ -186,6 +209,7 @@ class MistralV7Prompt:
         tools: Sequence[ToolSpec] = (),
         assistant_prefix: str = "",
     ) -> list[int]:
+        check_text(messages, tools, assistant_prefix)
         ids, text = self._id, self._text
         turns = self._merge(messages, assistant_prefix)
         last_user = max((i for i, t in enumerate(turns) if t.role == "user"), default=-1)
@@ -247,6 +271,7 @@ class TemplatePrompt:
         tools: Sequence[ToolSpec] = (),
         assistant_prefix: str = "",
     ) -> list[int]:
+        check_text(messages, tools, assistant_prefix)
         nonce = secrets.token_hex(4)
         texts: dict[str, tuple[str, str]] = {}  # placeholder -> (text, field)
 
