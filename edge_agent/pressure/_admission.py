@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 _MIB = 1024 * 1024
+LOWER_MAX_TOKENS = "lower max_tokens"
 
 
 def kv_bytes_per_token(
@@ -234,20 +235,34 @@ class AdmissionController:
 
     @contextlib.asynccontextmanager
     async def admit(
-        self, *, cost_bytes: int, priority: int = 0, deadline: float | None = None
+        self,
+        *,
+        cost_bytes: int,
+        priority: int = 0,
+        deadline: float | None = None,
+        shrink_hint: str = LOWER_MAX_TOKENS,
     ) -> AsyncIterator[Ticket]:
         """``async with controller.admit(...) as ticket:``; released on exit or cancellation.
 
         ``deadline`` is a ``time.monotonic()`` instant (the caller's gRPC deadline).
+        ``shrink_hint`` ends the refusal of a request that can never fit: what would make it
+        smaller (a preallocating engine's cost does not follow max_tokens).
         """
-        ticket = await self.acquire(cost_bytes=cost_bytes, priority=priority, deadline=deadline)
+        ticket = await self.acquire(
+            cost_bytes=cost_bytes, priority=priority, deadline=deadline, shrink_hint=shrink_hint
+        )
         try:
             yield ticket
         finally:
             ticket.release()
 
     async def acquire(
-        self, *, cost_bytes: int, priority: int = 0, deadline: float | None = None
+        self,
+        *,
+        cost_bytes: int,
+        priority: int = 0,
+        deadline: float | None = None,
+        shrink_hint: str = LOWER_MAX_TOKENS,
     ) -> Ticket:
         """Wait for admission; the caller must ``release()`` the ticket (prefer ``admit``)."""
         if cost_bytes < 0:
@@ -257,7 +272,7 @@ class AdmissionController:
             self._refused["deadline"] += 1
             raise DeadlineExceeded("the request's deadline passed before admission")
         snapshot = self._snapshot()
-        self._check_never_fits(cost_bytes, snapshot)
+        self._check_never_fits(cost_bytes, snapshot, shrink_hint)
         if (
             self._config.refuse_when_critical
             and snapshot is not None
@@ -316,7 +331,9 @@ class AdmissionController:
             rooms.append(engine.kv_bytes_capacity - held)
         return min(rooms) if rooms else None
 
-    def _check_never_fits(self, cost: int, snapshot: PressureSnapshot | None) -> None:
+    def _check_never_fits(
+        self, cost: int, snapshot: PressureSnapshot | None, shrink_hint: str
+    ) -> None:
         engine = snapshot.engine if snapshot is not None else None
         capacity = engine.kv_bytes_capacity if engine is not None else None
         memory = snapshot.memory if snapshot is not None else None
@@ -328,10 +345,10 @@ class AdmissionController:
             ceiling = capacity if ceiling is None else min(ceiling, capacity)
         if ceiling is not None and cost > ceiling:
             self._refused["too_large"] += 1
-            # No retry hint: waiting cannot help, a smaller max_tokens can.
+            # No retry hint: waiting cannot help, a smaller request (or model) can.
             raise ResourceExhausted(
                 f"the request needs {math.ceil(cost / _MIB)} MiB, more than this box can ever "
-                f"give one request ({max(0, ceiling) // _MIB} MiB); lower max_tokens"
+                f"give one request ({max(0, ceiling) // _MIB} MiB); {shrink_hint}"
             )
         idle_room = self._room(snapshot, idle=True)
         if idle_room is not None and cost > idle_room:
