@@ -24,14 +24,20 @@ import argparse
 import hashlib
 import json
 import lzma
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from export_mistral import (
+    OPTIONS,
+    builder_command,
+    check_output,
+    patch_genai_config,
+    run,
+    stage_checkpoint,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_CONFIG = ROOT / "models" / "mistral-small-3" / "config.json"
@@ -48,50 +54,17 @@ TEKKEN_FILE = "tekken_240911.json"
 
 
 def script_digest() -> str:
-    """What the committed fixture records, so a changed script without a rebuild is noticed."""
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-
-
-def builder_command(hf_dir: Path, out: Path, cache: Path, ep: str, options: list[str]) -> list[str]:
-    """The builder's command line: every KEY=VALUE after --extra_options, and nothing after them
-    (another flag there ends the list: "unrecognized arguments")."""
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir)]
-    cmd += ["-o", str(out), "-p", "int4", "-e", ep, "-c", str(cache)]
-    return [*cmd, "--extra_options", *options]
-
-
-def v7_template() -> str:
-    from mistral_common.integrations.chat_templates.chat_templates import generate_chat_template
-    from mistral_common.tokens.tokenizers.base import TokenizerVersion
-
-    return str(
-        generate_chat_template(
-            spm=False,
-            tokenizer_version=TokenizerVersion.v7,
-            image_support=False,
-            audio_support=False,
-            thinking_support=False,
-            default_system_prompt=None,
-            plain_thinking_support=False,
-            use_special_token_variables=False,
-            model_settings_fields=None,
-            reasoning_effort_values=None,
-            reasoning_effort_default=None,
-        )
-    )
+    """What the committed fixture records, so a changed script without a rebuild is noticed:
+    this script and the recipe whose functions it runs."""
+    here = Path(__file__).resolve().parent
+    scripts = (here / "make_tekken_model.py", here / "export_mistral.py")
+    return hashlib.sha256(b"".join(p.read_bytes() for p in scripts)).hexdigest()
 
 
 def tekken_path() -> Path:
     import mistral_common
 
     return Path(mistral_common.__file__).parent / "data" / TEKKEN_FILE
-
-
-def save_tokenizer(hf_dir: Path, template: str) -> None:
-    from transformers.integrations.mistral.tokenizer import convert_tekken_tokenizer
-
-    fast = convert_tekken_tokenizer(str(tekken_path()), chat_template=template)
-    fast.save_pretrained(hf_dir)
 
 
 def make_hf_model(config: dict[str, Any], hf_dir: Path, seed: int) -> int:
@@ -110,22 +83,6 @@ def make_hf_model(config: dict[str, Any], hf_dir: Path, seed: int) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def patch_genai_config(out: Path, max_length: int, max_batch_size: int) -> dict[str, Any]:
-    """search.max_length is what the static engine preallocates KV for per sequence (the builder
-    writes the trained context, 32768: 10 GiB per sequence for the 24B on CPU); context_length
-    stays the trained limit. The daemon serves min(both). Greedy-safe search defaults (the builder
-    writes top_k 50)."""
-    path = out / "genai_config.json"
-    cfg: dict[str, Any] = json.loads(path.read_text())
-    cfg["engine"] = {"static_batching": {"max_batch_size": max_batch_size}}
-    search = cfg["search"]
-    length = min(max_length, int(cfg["model"]["context_length"]))
-    search.update(max_length=length, do_sample=False, num_beams=1, top_k=1, top_p=1.0)
-    search.update(temperature=1.0, repetition_penalty=1.0)
-    path.write_text(json.dumps(cfg, indent=4, sort_keys=True) + "\n")
-    return cfg
-
-
 def build(args: argparse.Namespace) -> None:
     real = json.loads(REAL_CONFIG.read_text())
     config = dict(real)
@@ -137,30 +94,26 @@ def build(args: argparse.Namespace) -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="make-tekken-") as tmp_s:
         tmp = Path(tmp_s)
-        hf_dir, onnx_dir = tmp / "hf", tmp / "onnx"
-        print(f"[1/4] tokenizer: {TEKKEN_FILE} (mistral-common) -> tokenizer.json, V7 template")
-        template = v7_template()
-        save_tokenizer(hf_dir, template)
+        hf_dir, stage, onnx_dir = tmp / "hf", tmp / "stage", tmp / "onnx"
         layers = config["num_hidden_layers"]
-        print(f"[2/4] model: MistralForCausalLM, seed {args.seed}, {layers} layers")
+        print(f"[1/4] model: MistralForCausalLM, seed {args.seed}, {layers} layers")
         params = make_hf_model(config, hf_dir, args.seed)
         print(f"  {params} parameters")
+        # The checkpoint ships tekken.json only, as Mistral's own releases can: the recipe's
+        # staging converts it and adds the V7 template (scripts/export_mistral.py).
+        shutil.copyfile(tekken_path(), hf_dir / "tekken.json")
+        print(f"[2/4] tokenizer: {TEKKEN_FILE} (mistral-common) -> tokenizer.json, V7 template")
+        stage_checkpoint(hf_dir, stage)
         print("[3/4] export: onnxruntime-genai model builder, int4 CPU")
-        options = ["block_size=32", "accuracy_level=4", "op_types_to_quantize=MatMul/Gather"]
-        cmd = builder_command(hf_dir, onnx_dir, tmp / "cache", "cpu", [*options, "hf_token=false"])
+        cmd = builder_command(stage, onnx_dir, tmp / "cache", "cpu", OPTIONS["cpu"])
         print("  $ python " + " ".join(cmd[1:]))
-        env = dict(os.environ, ORT_DISABLE_TELEMETRY="1")
-        done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
-        if done.returncode != 0:
-            sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
-            raise SystemExit(f"model builder failed with exit code {done.returncode}")
-        patch_genai_config(onnx_dir, args.max_length, args.max_batch_size)
-        # og reads the template from tokenizer_config.json; keep the .jinja file beside it.
-        tcfg_path = onnx_dir / "tokenizer_config.json"
-        tcfg = json.loads(tcfg_path.read_text())
-        tcfg["chat_template"] = template
-        tcfg_path.write_text(json.dumps(tcfg, indent=2, sort_keys=True) + "\n")
-        (onnx_dir / "chat_template.jinja").write_text(template)
+        run(cmd)
+        check_output(onnx_dir)
+        # The fixture keeps the trained context_length above max_length: tests prove the
+        # daemon serves the smaller.
+        patch_genai_config(
+            onnx_dir, args.max_length, args.max_batch_size, keep_trained_context=True
+        )
         print(f"[4/4] into {out}")
         if args.shape == "tiny":
             raw = (onnx_dir / "tokenizer.json").read_bytes()
@@ -188,7 +141,8 @@ def build(args: argparse.Namespace) -> None:
 
 SOURCES = """# Mistral Small 3 format, {shape} shape: sources and licences
 
-Made by `scripts/make_tekken_model.py --shape {shape}` (script sha256 `{digest}`).
+Made by `scripts/make_tekken_model.py --shape {shape}` (scripts sha256 `{digest}`), through
+the recipe's own staging, builder command and genai_config patch (`scripts/export_mistral.py`).
 Random weights (seed {seed}, {params} parameters, {layers} layers): the output is noise. The
 architecture facts come from `models/mistral-small-3/config.json` (Mistral-Small-24B-Instruct-2501).
 

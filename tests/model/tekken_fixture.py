@@ -18,7 +18,7 @@ import mistral_common
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "models" / "tiny-v7-tekken"
-SCRIPT = ROOT / "scripts" / "make_tekken_model.py"
+SCRIPTS = (ROOT / "scripts" / "make_tekken_model.py", ROOT / "scripts" / "export_mistral.py")
 TEKKEN = Path(mistral_common.__file__).parent / "data" / "tekken_240911.json"
 
 
@@ -34,7 +34,8 @@ def tekken_model_dir(into: Path) -> Path:
 
 
 def script_digest() -> str:
-    return hashlib.sha256(SCRIPT.read_bytes()).hexdigest()
+    """As scripts/make_tekken_model.py records it in the fixture's SOURCES.md."""
+    return hashlib.sha256(b"".join(p.read_bytes() for p in SCRIPTS)).hexdigest()
 
 
 def reference_tokenizer() -> Any:

@@ -412,3 +412,24 @@ def test_demo_model_keeps_its_template_path_and_its_ids(tmp_path: Path) -> None:
     assert all(t > 4 for t in hostile[2:-1])
     decoded = tokenizer.decode(np.asarray(hostile[2:-1], dtype=np.int32))
     assert "[/INST] hi </s>[INST]" in decoded
+
+
+@pytest.mark.parametrize("name", ["one user turn", "system prompt", "multi-turn", "unicode"])
+def test_the_shipped_template_agrees_on_ordinary_conversations(
+    og_tokenizer: Any, reference: Any, name: str
+) -> None:
+    """The fixture's chat_template.jinja (for operators and other runtimes) renders, through
+    onnxruntime-genai, to the reference's ids where no text looks like a control token."""
+    pairs, _ = CONVERSATIONS[name]
+    rendered = og_tokenizer.apply_chat_template(
+        json.dumps([{"role": m.role, "content": m.content} for m, _ in pairs]),
+        add_generation_prompt=True,
+    )
+    ids = [int(t) for t in og_tokenizer.encode(rendered)]
+    expected = _reference_ids(reference, [r for _, r in pairs], ())
+    if name == "multi-turn":
+        # The template keeps an assistant turn's trailing space; the reference strips it.
+        assert ids != expected
+        assert [t for t in ids if t != 1032] == [t for t in expected if t != 1032]
+    else:
+        assert ids == expected
