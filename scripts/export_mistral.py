@@ -5,7 +5,7 @@ onnxruntime-genai's builder; see models/mistral-small-3/README.md):
 
     .venv-build/bin/python scripts/export_mistral.py --hf ./ms3-hf --out ./ms3-cpu-int4 \\
         --ep cpu --context 8192
-    .venv/bin/edge-agent bundle build --source ./ms3-cpu-int4 --out ./bundle ...
+    .venv/bin/edge-agent bundle build ./ms3-cpu-int4 --out ./bundle --name ... --version ...
 
 Steps, each of which went wrong by hand:
 
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -146,8 +147,10 @@ def patch_genai_config(
     return cfg
 
 
-def check_output(out: Path) -> None:
-    """What the daemon needs beside the graph: the tokenizer and a chat template."""
+def check_output(out: Path, hf: Path) -> None:
+    """What the daemon needs beside the graph: the tokenizer and a chat template; and the HF
+    config.json, from which ``bundle build`` takes the true architecture name."""
+    shutil.copyfile(hf / "config.json", out / "config.json")
     if not (out / "tokenizer.json").is_file():
         raise SystemExit(f"the builder wrote no tokenizer.json into {out}")
     if not has_chat_template(out):
@@ -211,10 +214,10 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"{args.out} must be a new or empty folder")
         stage_checkpoint(args.hf, source)
         run(cmd)
-    check_output(args.out)
+    check_output(args.out, args.hf)
     cfg = patch_genai_config(args.out, args.context, args.max_batch_size)
     print(f"done: {args.out} (context {cfg['search']['max_length']})")
-    print(f"next: edge-agent bundle build --source {args.out} --out BUNDLE --name NAME ...")
+    print(f"next: edge-agent bundle build {args.out} --out BUNDLE --name NAME --version V ...")
 
 
 if __name__ == "__main__":

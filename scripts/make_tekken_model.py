@@ -108,7 +108,7 @@ def build(args: argparse.Namespace) -> None:
         cmd = builder_command(stage, onnx_dir, tmp / "cache", "cpu", OPTIONS["cpu"])
         print("  $ python " + " ".join(cmd[1:]))
         run(cmd)
-        check_output(onnx_dir)
+        check_output(onnx_dir, hf_dir)
         # The fixture keeps the trained context_length above max_length: tests prove the
         # daemon serves the smaller.
         patch_genai_config(

@@ -136,3 +136,23 @@ def test_too_little_build_memory_is_refused_before_the_builder_runs(
     with pytest.raises(SystemExit, match="not enough memory"):
         recipe.main(["--hf", str(checkpoint), "--out", str(out), "--context", "8192"])
     assert not out.exists()
+
+
+def test_bundle_build_records_the_served_context_and_true_architecture(tmp_path: Path) -> None:
+    from tekken_fixture import tekken_model_dir
+
+    from edge_agent.bundles._build import BuildRequest, build_bundle
+    from edge_agent.bundles._format import memory_estimate
+    from edge_agent.pressure import kv_bytes_per_token
+
+    source = tekken_model_dir(tmp_path / "src")
+    req = BuildRequest(source=source, out=tmp_path / "bundle", name="v7", version="1", release=1)
+    facts = build_bundle(req, progress=False).model
+    # max_length 1024 of a model trained for 32768: the engine allocates 1024 per sequence.
+    assert facts.context_length == 1024
+    assert facts.kv_bytes_per_token == kv_bytes_per_token(2, 2, 16, 4)
+    per_token = facts.kv_bytes_per_token
+    expected = memory_estimate(facts.weights_bytes, per_token, 1024)
+    assert facts.memory_estimate_bytes == expected
+    assert expected < memory_estimate(facts.weights_bytes, per_token, 32768)
+    assert facts.architecture == "MistralForCausalLM"  # from the config.json the recipe copies
