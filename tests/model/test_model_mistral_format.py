@@ -433,3 +433,22 @@ def test_the_shipped_template_agrees_on_ordinary_conversations(
         assert [t for t in ids if t != 1032] == [t for t in expected if t != 1032]
     else:
         assert ids == expected
+
+
+def test_json_schema_guidance_is_warm_before_the_worker_is_ready(model_dir: Path) -> None:
+    worker = _worker(model_dir)
+    assert worker.info()["guidance_warmup_s"] is not None  # built at load, not on a request
+    schema = json.dumps({"type": "object", "properties": {"a": {"type": "integer"}}})
+    job = GenerationRequest(
+        messages=(Message("user", "JSON please"),), max_tokens=8, json_schema=schema
+    )
+    out = _Out()
+    worker.submit(1, job.to_job(), out)
+    for _ in range(50):
+        worker.advance(out)
+        if out.done:
+            break
+    [(_, reason, _, completion, error)] = out.done
+    assert error is None and reason in ("stop", "length") and completion >= 1
+    text = "".join(t for _, t in out.deltas)
+    assert text.startswith("{")  # the grammar held the random model to an object
