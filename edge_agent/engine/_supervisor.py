@@ -53,7 +53,7 @@ StateListener = Callable[[str], None]
 def identity_from_dir(model_dir: Path) -> ModelIdentity:
     """Name and version from the folder's bundle.json, or the folder name when it has none."""
     name, version = model_dir.name, "unversioned"
-    architecture, quantization, kv_bytes = "unknown", "unknown", 0
+    architecture, quantization, kv_bytes, estimate = "unknown", "unknown", 0, 0
     try:
         meta = json.loads((model_dir / "bundle.json").read_text())
         name, version = str(meta["name"]), str(meta["version"])
@@ -61,9 +61,10 @@ def identity_from_dir(model_dir: Path) -> ModelIdentity:
         architecture = str(facts.get("architecture", architecture))
         quantization = str(facts.get("quantization", quantization))
         kv_bytes = int(facts.get("kv_bytes_per_token", 0))
+        estimate = int(facts.get("memory_estimate_bytes", 0))
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    return ModelIdentity(name, version, model_dir, architecture, quantization, kv_bytes)
+    return ModelIdentity(name, version, model_dir, architecture, quantization, kv_bytes, estimate)
 
 
 class _Stream:
@@ -83,10 +84,15 @@ class EngineSupervisor:
         model: ModelIdentity,
         *,
         on_state: StateListener | None = None,
+        memory_room: Callable[[], int | None] = lambda: None,
     ) -> None:
+        """``memory_room``: bytes a new model may take now beside the active one, its
+        requests and the configured reserve (None: unknown); a trial load checks the
+        bundle's memory estimate against it."""
         self._config = config
         self._model = model
         self._on_state = on_state
+        self._memory_room = memory_room
         self._state = "stopped"
         self._active: WorkerHandle | None = None
         self._retiring: set[WorkerHandle] = set()
@@ -348,11 +354,27 @@ class EngineSupervisor:
 
     async def trial_load(self, model_dir: Path) -> None:
         """Load ``model_dir`` in a fresh worker and generate a few tokens; raise on failure."""
+        self._check_fits(model_dir)
         handle = await self._launch(model_dir)
         try:
             await self._smoke(handle)
         finally:
             await handle.stop(_STOP_TIMEOUT_S)
+
+    def _check_fits(self, model_dir: Path) -> None:
+        """Refuse a bundle whose own memory estimate (weights, one sequence of KV at the served
+        context, runtime overhead) exceeds what the box can give beside the active model."""
+        estimate = identity_from_dir(model_dir).memory_estimate_bytes
+        room = self._memory_room()
+        if estimate <= 0 or room is None or estimate <= room:
+            return
+        mib = 1024 * 1024
+        raise FailedPrecondition(
+            f"the model needs about {-(-estimate // mib)} MiB (bundle.json "
+            f"memory_estimate_bytes) and this box can give {max(room, 0) // mib} MiB beside the "
+            "active model, its requests and the memory reserve: free memory, or ship a build "
+            "with a smaller context (search.max_length) or smaller weights"
+        )
 
     async def switch_to(self, model_dir: Path) -> None:
         """Serve ``model_dir`` from now on; in-flight streams finish on the old worker."""

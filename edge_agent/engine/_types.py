@@ -127,6 +127,7 @@ class ModelIdentity:
     architecture: str = "MistralForCausalLM"
     quantization: str = "int4"
     kv_bytes_per_token: int = 0
+    memory_estimate_bytes: int = 0  # bundle.json's; 0 when the folder has none
 
 
 @dataclass(frozen=True, slots=True)

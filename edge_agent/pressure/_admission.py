@@ -229,6 +229,17 @@ class AdmissionController:
         del snapshot  # read through the ``snapshot`` callable like every other decision
         self._pump()
 
+    def memory_room_bytes(self) -> int | None:
+        """Free memory beyond the reserve and what admitted requests still hold: what a model
+        being trial-loaded beside the active one may take. ``None`` when not measured."""
+        snapshot = self._snapshot()
+        if snapshot is None or snapshot.memory is None:
+            return None
+        engine = snapshot.engine
+        kv_in_use = engine.kv_bytes_in_use if engine is not None else 0
+        available = snapshot.memory.available_bytes - self._config.memory_reserve_bytes
+        return available - max(0, self._held - kv_in_use)
+
     def room_bytes(self) -> int | None:
         """What a new request may use now; ``None`` when nothing limits it but concurrency."""
         return self._room(self._snapshot(), idle=False)

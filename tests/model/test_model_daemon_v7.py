@@ -91,3 +91,33 @@ def test_fixture_folder_is_the_one_served(daemon: RunningAgent) -> None:
     assert Path(daemon.agent.engine.model.model_dir).name == "tiny-v7-tekken"
     info = daemon.agent.engine.info
     assert info is not None and info.prompt_format == "mistral-v7"
+
+
+async def test_trial_load_checks_the_bundle_memory_estimate(tmp_path: Path) -> None:
+    from edge_agent.bundles._build import BuildRequest, build_bundle
+    from edge_agent.config import EngineConfig
+    from edge_agent.engine import EngineSupervisor, identity_from_dir
+    from edge_agent.errors import FailedPrecondition
+
+    source = tekken_model_dir(tmp_path / "src")
+    bundle = tmp_path / "bundle"
+    manifest = build_bundle(
+        BuildRequest(source=source, out=bundle, name="v7", version="1", release=1),
+        progress=False,
+    )
+    estimate = manifest.model.memory_estimate_bytes
+    assert identity_from_dir(bundle).memory_estimate_bytes == estimate
+    room: list[int | None] = [estimate - 1]
+    engine = EngineSupervisor(
+        EngineConfig(model_dir=bundle, lanes=1, max_batch_size=2, intra_op_threads=1),
+        identity_from_dir(bundle),
+        memory_room=lambda: room[0],
+    )
+    with pytest.raises(FailedPrecondition) as caught:
+        await engine.trial_load(bundle)
+    mib = -(-estimate // 1024**2)
+    assert f"needs about {mib} MiB (bundle.json memory_estimate_bytes)" in caught.value.message
+    assert "search.max_length" in caught.value.message
+    for fits in (estimate, None):  # enough memory, or none measured: the trial runs
+        room[0] = fits
+        await engine.trial_load(bundle)
