@@ -140,6 +140,22 @@ class _Turn:
     prefix: bool = False
 
 
+def _functions(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
+    """OpenAI/mistral-common function objects: name, description, parameters (an object)."""
+    functions = []
+    for i, tool in enumerate(tools):
+        try:
+            parameters = json.loads(tool.parameters_json or "{}")
+        except ValueError:
+            parameters = None
+        if not isinstance(parameters, dict):
+            raise PromptError(f"tools[{i}].function.parameters", "must be a JSON object")
+        functions.append(
+            {"name": tool.name, "description": tool.description, "parameters": parameters}
+        )
+    return functions
+
+
 def _json_or_text(text: str) -> Any:
     """Arguments as the reference serialises them: parsed when they are JSON, else the text."""
     if not text:
@@ -189,18 +205,7 @@ class MistralV7Prompt:
         return turns
 
     def _tools_json(self, tools: Sequence[ToolSpec]) -> str:
-        described = []
-        for i, tool in enumerate(tools):
-            try:
-                parameters = json.loads(tool.parameters_json or "{}")
-            except ValueError:
-                parameters = None
-            if not isinstance(parameters, dict):
-                raise PromptError(f"tools[{i}].function.parameters", "must be a JSON object")
-            function = {"name": tool.name, "description": tool.description}
-            described.append(
-                {"type": "function", "function": {**function, "parameters": parameters}}
-            )
+        described = [{"type": "function", "function": f} for f in _functions(tools)]
         return json.dumps(described, ensure_ascii=False)
 
     def build(
@@ -300,10 +305,7 @@ class TemplatePrompt:
             if m.tool_call_id:
                 item["tool_call_id"] = m.tool_call_id
             rendered_messages.append(item)
-        tool_list = [
-            {"type": "function", "function": {"name": t.name, "description": t.description}}
-            for t in tools
-        ]
+        tool_list = [{"type": "function", "function": f} for f in _functions(tools)]
         try:
             rendered = str(
                 self._og.apply_chat_template(
