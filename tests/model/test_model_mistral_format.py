@@ -461,3 +461,67 @@ def test_json_schema_guidance_is_warm_before_the_worker_is_ready(model_dir: Path
     assert error is None and reason in ("stop", "length") and completion >= 1
     text = "".join(t for _, t in out.deltas)
     assert text.startswith("{")  # the grammar held the random model to an object
+
+
+# Which role may follow which, as the reference's validator allows.
+_NEXT = {
+    "system": ("user", "assistant", "system", "calls"),
+    "user": ("assistant", "system", "user", "calls"),
+    "assistant": ("assistant", "user", "calls"),
+    "tool": ("assistant", "user", "calls"),
+}
+_TEXT = st.lists(st.one_of(st.text(max_size=10), _PIECES), max_size=4).map("".join)
+
+
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_any_valid_conversation_with_tools_encodes_as_the_reference_does(
+    builder: PromptBuilder, reference: Any, data: st.DataObject
+) -> None:
+    pairs: list[tuple[Message, Any]] = []
+    role = data.draw(st.sampled_from(["system", "user"]))
+    calls_made = 0
+    for _ in range(data.draw(st.integers(1, 7))):
+        if role == "calls":
+            n = data.draw(st.integers(1, 2))
+            ids = [f"call{calls_made + k:05d}" for k in range(n)]
+            calls_made += n
+            args = [json.dumps({"city": data.draw(_TEXT)}, ensure_ascii=False) for _ in ids]
+            text = data.draw(st.sampled_from(["", "Checking."]))
+            pairs.append(
+                (
+                    Message(
+                        "assistant",
+                        text,
+                        tuple(
+                            ToolCall(i, "get_weather", a) for i, a in zip(ids, args, strict=True)
+                        ),
+                    ),
+                    AssistantMessage(
+                        content=text or None,
+                        tool_calls=[
+                            RefToolCall(
+                                id=i, function=FunctionCall(name="get_weather", arguments=a)
+                            )
+                            for i, a in zip(ids, args, strict=True)
+                        ],
+                    ),
+                )
+            )
+            pairs += [_t(i, data.draw(_TEXT)) for i in ids]
+            role = "tool"
+        else:
+            text = data.draw(_TEXT)
+            if role == "assistant":
+                text = text.strip(" ") or "ok"  # the reference refuses an empty assistant turn
+            if role == "system":
+                text = text or "sys"  # ...and an empty system prompt
+            pairs.append({"system": _s, "user": _u, "assistant": _a}[role](text))
+        role = data.draw(st.sampled_from(_NEXT[role]))
+    if pairs[-1][0].role not in ("user", "tool"):
+        pairs.append(_u("?"))
+    tools = WEATHER if calls_made or data.draw(st.booleans()) else ()
+    ours = builder.build([m for m, _ in pairs], tools)
+    assert ours == _reference_ids(reference, [r for _, r in pairs], tools)
