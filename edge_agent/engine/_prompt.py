@@ -369,7 +369,13 @@ def _chat_template(model_dir: Path) -> str:
 
 
 def load_prompt_builder(model_dir: Path, og_tokenizer: Any) -> PromptBuilder:
-    """The model's prompt format, from its tokenizer.json and chat template."""
+    """The model's prompt format, from its tokenizer.json and chat template.
+
+    Raises FileNotFoundError without tokenizer.json: every text is encoded from it (the
+    builder always writes one; onnxruntime-genai alone cannot keep text from becoming
+    control tokens)."""
+    if not (model_dir / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{model_dir.name} has no tokenizer.json")
     text = _Text(model_dir / "tokenizer.json")
     template = _chat_template(model_dir)
     if all(name in text.specials for name in _V7_TOKENS) and "[SYSTEM_PROMPT]" in template:
