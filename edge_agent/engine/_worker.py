@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent._malloc import release_free_heap
 from edge_agent.engine._cpus import resolve_intra_op_threads
 from edge_agent.engine._prompt import PromptError, load_prompt_builder
 from edge_agent.engine._protocol import BlockingChannel
@@ -544,6 +545,7 @@ def worker_main(conn: BlockingChannel) -> None:
     # Nothing loaded so far dies: keep full collections from walking it between steps.
     gc.collect()
     gc.freeze()
+    release_free_heap()  # what loading parsed and dropped (tokenizer JSON, graph protos)
     conn.send(("ready", worker.info()))
     # EOF or a broken pipe: the daemon went away and nothing is left to serve.
     with contextlib.suppress(EOFError, BrokenPipeError, ConnectionResetError):
