@@ -183,12 +183,9 @@ class MistralV7Prompt:
                 raise PromptError(f"{field}.role", "must be system, user, assistant or tool")
             last = turns[-1] if turns else None
             if last is not None and last.role == message.role in ("user", "assistant"):
-                if message.content:
-                    last.content = (
-                        last.content + _JOIN + message.content
-                        if last.content
-                        else (message.content)
-                    )
+                if message.content:  # empty turns add no separator, as in the reference
+                    joined = [last.content, message.content] if last.content else [message.content]
+                    last.content = _JOIN.join(joined)
                 last.tool_calls += message.tool_calls
                 last.prefix |= is_prefix
                 continue
