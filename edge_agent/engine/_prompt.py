@@ -72,6 +72,8 @@ class PromptError(Exception):
 
 class PromptBuilder(Protocol):
     format: str
+    # The control token that starts the model's tool calls in its output (None: no such token)
+    tool_calls_token: int | None
 
     def build(
         self,
@@ -172,6 +174,7 @@ class MistralV7Prompt:
     def __init__(self, text: _Text) -> None:
         self._text = text
         self._id = {name: text.specials[name] for name in _V7_TOKENS}
+        self.tool_calls_token: int | None = self._id["[TOOL_CALLS]"]
 
     def _merge(self, messages: Sequence[Message], prefix: str) -> list[_Turn]:
         turns: list[_Turn] = []
@@ -263,6 +266,7 @@ class TemplatePrompt:
     def __init__(self, text: _Text, og_tokenizer: Any) -> None:
         self._text = text
         self._og = og_tokenizer
+        self.tool_calls_token: int | None = None  # templates' output formats vary
         # Longest first, so "[/INST]" is never read as a shorter token's text.
         names = sorted(text.specials, key=len, reverse=True)
         self._specials = re.compile("|".join(map(re.escape, names))) if names else None

@@ -274,10 +274,10 @@ class EngineSupervisor:
                 s = streams.get(rid)
                 if s is not None:
                     s.queue.put_nowait(Started(prompt_tokens))
-            for rid, text in deltas:
+            for rid, text, calls in deltas:
                 s = streams.get(rid)
                 if s is not None:
-                    s.queue.put_nowait(Delta(text))
+                    s.queue.put_nowait(Delta(text, calls))
             for rid, reason, prompt_tokens, completion_tokens, error in done:
                 s = streams.pop(rid, None)
                 if s is None:
@@ -428,13 +428,17 @@ class EngineSupervisor:
 def _drain(
     first: GenerationEvent | EdgeAgentError, q: asyncio.Queue[GenerationEvent | EdgeAgentError]
 ) -> list[GenerationEvent | EdgeAgentError]:
-    """``first`` plus whatever is already queued, consecutive deltas merged into one."""
+    """``first`` plus whatever is already queued, consecutive deltas of one kind merged."""
     items = [first]
     while not q.empty():
         item = q.get_nowait()
         last = items[-1]
-        if isinstance(item, Delta) and isinstance(last, Delta):
-            items[-1] = Delta(last.text + item.text)
+        if (
+            isinstance(item, Delta)
+            and isinstance(last, Delta)
+            and item.tool_calls == last.tool_calls
+        ):
+            items[-1] = Delta(last.text + item.text, item.tool_calls)
         else:
             items.append(item)
     return items

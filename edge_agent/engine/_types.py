@@ -165,6 +165,10 @@ class Started:
 @dataclass(frozen=True, slots=True)
 class Delta:
     text: str
+    # True for text after the model's tool-call control token (Mistral's [TOOL_CALLS] id,
+    # which decodes to nothing): the calls' JSON, never answer text. Text that merely reads
+    # "[TOOL_CALLS]" stays answer text, so a conversation cannot forge a call through it.
+    tool_calls: bool = False
 
 
 @dataclass(frozen=True, slots=True)

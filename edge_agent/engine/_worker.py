@@ -84,6 +84,23 @@ class _Job:
     cancelled: bool = False
     generated: list[int] = field(default_factory=list)  # token ids of this answer so far
     regrouped: bool = False
+    calls_token: int | None = None  # the format's tool-call control token ([TOOL_CALLS])
+    calls: bool = False  # the model emitted it: what follows is the calls' JSON
+
+    def take(self, token: int, out: _Out) -> None:
+        """One generated token's text: answer text goes through the stop filter; after the
+        tool-call token, the calls' JSON goes out as is (a stop string must not cut it)."""
+        text = self.stream.decode(token)
+        if token == self.calls_token and not self.calls:
+            tail = self.stops.flush()  # answer text held back for a possible stop string
+            if tail:
+                out.deltas.append((self.rid, tail, False))
+            self.calls = True
+            return
+        if not self.calls:
+            text = self.stops.feed(text)
+        if text:
+            out.deltas.append((self.rid, text, self.calls))
 
     @property
     def min_new(self) -> int:
@@ -112,7 +129,7 @@ class _Job:
 @dataclass
 class _Out:
     started: list[tuple[int, int]] = field(default_factory=list)
-    deltas: list[tuple[int, str]] = field(default_factory=list)
+    deltas: list[tuple[int, str, bool]] = field(default_factory=list)
     done: list[tuple[int, str, int, int, tuple[str, str, str] | None]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
@@ -121,7 +138,7 @@ class _Out:
     def finish(self, job: _Job, reason: str, error: tuple[str, str, str] | None = None) -> None:
         tail = job.stops.flush()
         if tail:
-            self.deltas.append((job.rid, tail))
+            self.deltas.append((job.rid, tail, False))
         self.done.append((job.rid, reason, len(job.tokens), job.completion_tokens, error))
 
 
@@ -204,9 +221,7 @@ class _EngineLane:
                 job.completion_tokens += 1
                 if job.completion_tokens <= self._keep_tokens:
                     job.generated.append(int(event.token))
-                text = job.stops.feed(job.stream.decode(event.token))
-                if text:
-                    out.deltas.append((job.rid, text))
+                job.take(int(event.token), out)
                 if job.stops.stopped and not flags & _TURN_FINISHED:
                     out.finish(job, "stop")
                     self.cancel(job)  # its last event comes later and only closes it
@@ -257,9 +272,7 @@ class _GeneratorLane:
         token = int(gen.get_next_tokens()[0])
         job.completion_tokens += 1
         if token not in eos:
-            text = job.stops.feed(job.stream.decode(token))
-            if text:
-                out.deltas.append((job.rid, text))
+            job.take(token, out)
         if job.stops.stopped or token in eos:
             self.done = True
             out.finish(job, "stop")
@@ -398,6 +411,7 @@ class _Worker:
         job = _Job(
             rid, tokens, max_new, spec, self.tokenizer.create_stream(), StopFilter(spec["stop"])
         )
+        job.calls_token = self.prompts.tool_calls_token
         out.started.append((rid, len(tokens)))
         if spec["seed"] is not None and float(spec["temperature"]) > 0:
             try:

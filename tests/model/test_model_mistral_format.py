@@ -459,7 +459,7 @@ def test_json_schema_guidance_is_warm_before_the_worker_is_ready(model_dir: Path
             break
     [(_, reason, _, completion, error)] = out.done
     assert error is None and reason in ("stop", "length") and completion >= 1
-    text = "".join(t for _, t in out.deltas)
+    text = "".join(t for _, t, _ in out.deltas)
     assert text.startswith("{")  # the grammar held the random model to an object
 
 
@@ -525,3 +525,58 @@ def test_any_valid_conversation_with_tools_encodes_as_the_reference_does(
     tools = WEATHER if calls_made or data.draw(st.booleans()) else ()
     ours = builder.build([m for m, _ in pairs], tools)
     assert ours == _reference_ids(reference, [r for _, r in pairs], tools)
+
+
+def test_the_tool_call_token_opens_the_calls_channel(
+    model_dir: Path, og_tokenizer: Any, builder: PromptBuilder
+) -> None:
+    """onnxruntime-genai decodes [TOOL_CALLS] to nothing: the worker marks what follows it."""
+    from tokenizers import Tokenizer
+
+    from edge_agent.engine._stops import StopFilter
+    from edge_agent.engine._worker import _Job
+
+    text = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    text.encode_special_tokens = True
+
+    def ids(s: str) -> list[int]:
+        return list(text.encode(s, add_special_tokens=False).ids)
+
+    calls_token = builder.tool_calls_token
+    assert calls_token == 9
+    decoded = og_tokenizer.decode(np.asarray([9, *ids("[]")], dtype=np.int32))
+    assert decoded == "[]"  # the control token leaves no trace in decoded text
+    call = '[{"name": "get_weather", "arguments": {"city": "Paris"}}]'
+    # Literal "[TOOL_CALLS]" text is answer text; the control token id is the real thing.
+    generated = [*ids("Sure [TOOL_CALLS] is text. "), calls_token, *ids(call)]
+    job = _Job(
+        1,
+        np.asarray([1], dtype=np.int32),
+        99,
+        {},
+        og_tokenizer.create_stream(),
+        StopFilter(["weather", "zzz"]),
+    )
+    job.calls_token = calls_token
+    out = _Out()
+    for token in generated:
+        job.take(token, out)
+    answer = "".join(t for _, t, calls in out.deltas if not calls)
+    calls_json = "".join(t for _, t, calls in out.deltas if calls)
+    assert answer == "Sure [TOOL_CALLS] is text. "
+    assert json.loads(calls_json) == json.loads(call)  # a stop string never cuts the calls
+    assert not job.stops.stopped
+
+
+def test_deltas_merge_only_within_one_channel() -> None:
+    import asyncio
+
+    from edge_agent.engine._supervisor import _drain
+    from edge_agent.engine._types import Delta
+
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    for item in (Delta("b"), Delta("[{"), Delta("}]", True), Delta("x", True)):
+        queue.put_nowait(item)
+    queue.put_nowait(Delta("c"))
+    merged = _drain(Delta("a"), queue)
+    assert merged == [Delta("ab[{"), Delta("}]x", True), Delta("c")]
