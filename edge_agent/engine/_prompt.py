@@ -74,6 +74,8 @@ class PromptBuilder(Protocol):
     format: str
     # The control token that starts the model's tool calls in its output (None: no such token)
     tool_calls_token: int | None
+    # Whether assistant_prefix's trailing spaces are left out of the prompt (Mistral V7)
+    strips_prefix_spaces: bool
 
     def build(
         self,
@@ -175,6 +177,7 @@ class MistralV7Prompt:
         self._text = text
         self._id = {name: text.specials[name] for name in _V7_TOKENS}
         self.tool_calls_token: int | None = self._id["[TOOL_CALLS]"]
+        self.strips_prefix_spaces = True
 
     def _merge(self, messages: Sequence[Message], prefix: str) -> list[_Turn]:
         turns: list[_Turn] = []
@@ -267,6 +270,7 @@ class TemplatePrompt:
         self._text = text
         self._og = og_tokenizer
         self.tool_calls_token: int | None = None  # templates' output formats vary
+        self.strips_prefix_spaces = False
         # Longest first, so "[/INST]" is never read as a shorter token's text.
         names = sorted(text.specials, key=len, reverse=True)
         self._specials = re.compile("|".join(map(re.escape, names))) if names else None

@@ -86,6 +86,9 @@ class _Job:
     regrouped: bool = False
     calls_token: int | None = None  # the format's tool-call control token ([TOOL_CALLS])
     calls: bool = False  # the model emitted it: what follows is the calls' JSON
+    # Trailing spaces of assistant_prefix the prompt format dropped (Mistral V7 does): the
+    # client already has them, so the same spaces are not sent again when the model restores them.
+    skip_spaces: int = 0
 
     def take(self, token: int, out: _Out) -> None:
         """One generated token's text: answer text goes through the stop filter; after the
@@ -97,6 +100,12 @@ class _Job:
                 out.deltas.append((self.rid, tail, False))
             self.calls = True
             return
+        if self.skip_spaces and text and not self.calls:
+            kept = text.lstrip(" ")
+            dropped = min(len(text) - len(kept), self.skip_spaces)
+            # Only spaces the prefix lost; anything else ends the skipping.
+            self.skip_spaces = 0 if kept or dropped < len(text) else self.skip_spaces - dropped
+            text = text[dropped:]
         if not self.calls:
             text = self.stops.feed(text)
         if text:
@@ -412,6 +421,9 @@ class _Worker:
             rid, tokens, max_new, spec, self.tokenizer.create_stream(), StopFilter(spec["stop"])
         )
         job.calls_token = self.prompts.tool_calls_token
+        prefix = str(spec.get("assistant_prefix") or "")
+        if self.prompts.strips_prefix_spaces:
+            job.skip_spaces = len(prefix) - len(prefix.rstrip(" "))
         out.started.append((rid, len(tokens)))
         if spec["seed"] is not None and float(spec["temperature"]) > 0:
             try:

@@ -580,3 +580,34 @@ def test_deltas_merge_only_within_one_channel() -> None:
     queue.put_nowait(Delta("c"))
     merged = _drain(Delta("a"), queue)
     assert merged == [Delta("ab[{"), Delta("}]x", True), Delta("c")]
+
+
+def test_a_continued_answer_does_not_repeat_the_prefix_trailing_space(
+    model_dir: Path, og_tokenizer: Any, reference: Any
+) -> None:
+    """The V7 prompt drops "Hello "'s trailing space (as the reference does); the client already
+    has it, so the model's restored space is not sent twice."""
+    from edge_agent.engine._stops import StopFilter
+    from edge_agent.engine._worker import _Job
+
+    worker = _worker(model_dir)
+    request = GenerationRequest(messages=(Message("user", "Greet me."),), assistant_prefix="Hi  ")
+    out = _Out()
+    worker.submit(1, request.to_job(), out)
+    [queued] = list(worker.waiting)
+    assert queued.skip_spaces == 2
+    refs: list[Any] = [
+        UserMessage(content="Greet me."),
+        AssistantMessage(content="Hi  ", prefix=True),
+    ]
+    assert queued.tokens.tolist() == list(
+        reference.encode_chat_completion(ChatCompletionRequest(messages=refs)).tokens
+    )
+    for pieces, sent in (([" ", " there"], "there"), ([" there"], "there"), (["   x"], " x")):
+        job = _Job(2, queued.tokens, 9, {}, og_tokenizer.create_stream(), StopFilter([]))
+        job.skip_spaces = 2
+        job_out = _Out()
+        for piece in pieces:
+            for token in og_tokenizer.encode(piece):
+                job.take(int(token), job_out)
+        assert "".join(t for _, t, _ in job_out.deltas) == sent
