@@ -93,12 +93,13 @@ class _Job:
     def take(self, token: int, out: _Out) -> None:
         """One generated token's text: answer text goes through the stop filter; after the
         tool-call token, the calls' JSON goes out as is (a stop string must not cut it)."""
-        text = self.stream.decode(token)
-        if token == self.calls_token and not self.calls:
-            tail = self.stops.flush()  # answer text held back for a possible stop string
-            if tail:
-                out.deltas.append((self.rid, tail, False))
-            self.calls = True
+        text = self.stream.decode(token)  # the stream must see every token, even this one
+        if token == self.calls_token:
+            if not self.calls:
+                tail = self.stops.flush()  # answer text held back for a possible stop string
+                if tail:
+                    out.deltas.append((self.rid, tail, False))
+                self.calls = True
             return
         if self.skip_spaces and text and not self.calls:
             kept = text.lstrip(" ")
