@@ -14,7 +14,7 @@ import ctypes
 import logging
 import sys
 
-__all__ = ["limit_malloc_arenas"]
+__all__ = ["limit_malloc_arenas", "release_free_heap"]
 
 _log = logging.getLogger(__name__)
 _M_ARENA_MAX = -8  # from glibc's <malloc.h>
@@ -34,3 +34,20 @@ def limit_malloc_arenas(count: int) -> bool:
     if not done:
         _log.debug("this libc refused M_ARENA_MAX; malloc arenas are left as they are")
     return done
+
+
+def release_free_heap() -> bool:
+    """Give the heap's free pages back to the OS (glibc keeps them by default).
+
+    Loading a model leaves large transient buffers freed but resident: parsing a 131k-token
+    Tekken tokenizer.json peaks ~150 MiB above what the tokenizer keeps (~55 MiB).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim.argtypes = [ctypes.c_size_t]
+    malloc_trim.restype = ctypes.c_int
+    return bool(malloc_trim(0))

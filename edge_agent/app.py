@@ -119,7 +119,10 @@ class Agent:
         model_dir = config.engine.model_dir or default_model_dir()
         self.metrics = Metrics(version=edge_agent.__version__)
         self.engine = EngineSupervisor(
-            config.engine, identity_from_dir(model_dir), on_state=self._on_engine_state
+            config.engine,
+            identity_from_dir(model_dir),
+            on_state=self._on_engine_state,
+            memory_room=lambda: self.admission.memory_room_bytes(),
         )
         self.pressure = PressureMonitor(config.pressure, engine_load=self.engine.load)
         self.admission = AdmissionController(

@@ -112,6 +112,15 @@ class InferenceService:
             preallocated_tokens=context or None,
         )
 
+    def shrink_hint(self) -> str:
+        """What makes a too-large local request fit: the engine preallocates the whole context
+        per request, so max_tokens changes nothing; a bundle with a smaller context does."""
+        return (
+            f"every local request reserves the model's whole context ({self.context_length()} "
+            "tokens) whatever max_tokens says: the operator can serve a bundle built with a "
+            "smaller context (search.max_length in genai_config.json)"
+        )
+
     def _to_generation(self, spec: ChatSpec, continue_from: str = "") -> GenerationRequest:
         context = self.context_length()
         if context and spec.max_tokens is not None and spec.max_tokens >= context:
@@ -154,6 +163,7 @@ class InferenceService:
                 cost_bytes=self.estimate_cost_bytes(spec),
                 priority=spec.priority,
                 deadline=call.deadline,
+                shrink_hint=self.shrink_hint(),
             )
             if self._admission is not None
             else contextlib.nullcontext()

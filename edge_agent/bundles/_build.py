@@ -28,6 +28,7 @@ from edge_agent.bundles._format import (
     parse_manifest,
 )
 from edge_agent.errors import BundleError, InvalidArgument
+from edge_agent.pressure import context_from_genai_config
 
 __all__ = ["BuildRequest", "build_bundle", "converter_command", "describe_folder"]
 
@@ -117,7 +118,8 @@ def describe_folder(
     folder: Path, req: BuildRequest, hf_config: dict[str, Any] | None
 ) -> BundleManifest:
     """Model facts from ``genai_config.json`` (and the HF config when there is one)."""
-    genai = _json(folder / GENAI_CONFIG).get("model", {})
+    genai_config = _json(folder / GENAI_CONFIG)
+    genai = genai_config.get("model", {})
     dec = genai.get("decoder", {})
     try:
         layers = int(dec["num_hidden_layers"])
@@ -125,7 +127,8 @@ def describe_folder(
         head = int(dec["head_size"])
         hidden = int(dec["hidden_size"])
         vocab = int(genai["vocab_size"])
-        context = int(genai["context_length"])
+        # What the engine serves and preallocates KV for: min(search.max_length, context_length).
+        context = context_from_genai_config(genai_config)
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{GENAI_CONFIG} lacks the decoder facts ({exc})") from exc
     genai_type = str(genai.get("type", "unknown"))

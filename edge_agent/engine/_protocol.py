@@ -15,7 +15,8 @@ Daemon → worker:
 Worker → daemon:
     ("ready", info: dict)             model loaded; provider, context length, batch size
     ("load_failed", reason: str)      could not load the model on any provider
-    ("step", started, deltas, done)   started: [(rid, prompt_tokens)], deltas: [(rid, text)],
+    ("step", started, deltas, done)   started: [(rid, prompt_tokens)],
+                                      deltas: [(rid, text, tool_calls: bool)],
                                       done: [(rid, finish, prompt_tokens, completion_tokens, error)]
     ("pong", seq, stats: dict)
 

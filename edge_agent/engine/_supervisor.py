@@ -54,7 +54,7 @@ StateListener = Callable[[str], None]
 def identity_from_dir(model_dir: Path) -> ModelIdentity:
     """Name and version from the folder's bundle.json, or the folder name when it has none."""
     name, version = model_dir.name, "unversioned"
-    architecture, quantization, kv_bytes = "unknown", "unknown", 0
+    architecture, quantization, kv_bytes, estimate = "unknown", "unknown", 0, 0
     try:
         meta = json.loads((model_dir / "bundle.json").read_text())
         name, version = str(meta["name"]), str(meta["version"])
@@ -62,9 +62,10 @@ def identity_from_dir(model_dir: Path) -> ModelIdentity:
         architecture = str(facts.get("architecture", architecture))
         quantization = str(facts.get("quantization", quantization))
         kv_bytes = int(facts.get("kv_bytes_per_token", 0))
+        estimate = int(facts.get("memory_estimate_bytes", 0))
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    return ModelIdentity(name, version, model_dir, architecture, quantization, kv_bytes)
+    return ModelIdentity(name, version, model_dir, architecture, quantization, kv_bytes, estimate)
 
 
 class _Stream:
@@ -84,10 +85,15 @@ class EngineSupervisor:
         model: ModelIdentity,
         *,
         on_state: StateListener | None = None,
+        memory_room: Callable[[], int | None] = lambda: None,
     ) -> None:
+        """``memory_room``: bytes a new model may take now beside the active one, its
+        requests and the configured reserve (None: unknown); a trial load checks the
+        bundle's memory estimate against it."""
         self._config = config
         self._model = model
         self._on_state = on_state
+        self._memory_room = memory_room
         self._state = "stopped"
         self._active: WorkerHandle | None = None
         self._retiring: set[WorkerHandle] = set()
@@ -189,9 +195,10 @@ class EngineSupervisor:
             reason = "timed out loading the model" if isinstance(exc, TimeoutError) else str(exc)
             raise EngineUnavailable(f"the engine could not load the model: {reason}") from exc
         _log.info(
-            "engine worker pid %s serves %s on %s (context %d, %d lanes × batch %d, %d threads)",
-            info.pid, model_dir, info.execution_provider, info.context_length, info.lanes,
-            info.max_batch_size, info.intra_op_threads,
+            "engine worker pid %s serves %s on %s (context %d, %s prompts, %d lanes × batch %d, "
+            "%d threads)",
+            info.pid, model_dir, info.execution_provider, info.context_length,
+            info.prompt_format, info.lanes, info.max_batch_size, info.intra_op_threads,
         )  # fmt: skip
         return handle
 
@@ -280,10 +287,10 @@ class EngineSupervisor:
                 s = streams.get(rid)
                 if s is not None:
                     s.queue.put_nowait(Started(prompt_tokens))
-            for rid, text in deltas:
+            for rid, text, calls in deltas:
                 s = streams.get(rid)
                 if s is not None:
-                    s.queue.put_nowait(Delta(text))
+                    s.queue.put_nowait(Delta(text, calls))
             for rid, reason, prompt_tokens, completion_tokens, error in done:
                 s = streams.pop(rid, None)
                 if s is None:
@@ -381,11 +388,27 @@ class EngineSupervisor:
 
     async def trial_load(self, model_dir: Path) -> None:
         """Load ``model_dir`` in a fresh worker and generate a few tokens; raise on failure."""
+        self._check_fits(model_dir)
         handle = await self._launch(model_dir)
         try:
             await self._smoke(handle)
         finally:
             await handle.stop(_STOP_TIMEOUT_S)
+
+    def _check_fits(self, model_dir: Path) -> None:
+        """Refuse a bundle whose own memory estimate (weights, one sequence of KV at the served
+        context, runtime overhead) exceeds what the box can give beside the active model."""
+        estimate = identity_from_dir(model_dir).memory_estimate_bytes
+        room = self._memory_room()
+        if estimate <= 0 or room is None or estimate <= room:
+            return
+        mib = 1024 * 1024
+        raise FailedPrecondition(
+            f"the model needs about {-(-estimate // mib)} MiB (bundle.json "
+            f"memory_estimate_bytes) and this box can give {max(room, 0) // mib} MiB beside the "
+            "active model, its requests and the memory reserve: free memory, or ship a build "
+            "with a smaller context (search.max_length) or smaller weights"
+        )
 
     async def switch_to(self, model_dir: Path) -> None:
         """Serve ``model_dir`` from now on; in-flight streams finish on the old worker."""
@@ -439,13 +462,17 @@ class EngineSupervisor:
 def _drain(
     first: GenerationEvent | EdgeAgentError, q: asyncio.Queue[GenerationEvent | EdgeAgentError]
 ) -> list[GenerationEvent | EdgeAgentError]:
-    """``first`` plus whatever is already queued, consecutive deltas merged into one."""
+    """``first`` plus whatever is already queued, consecutive deltas of one kind merged."""
     items = [first]
     while not q.empty():
         item = q.get_nowait()
         last = items[-1]
-        if isinstance(item, Delta) and isinstance(last, Delta):
-            items[-1] = Delta(last.text + item.text)
+        if (
+            isinstance(item, Delta)
+            and isinstance(last, Delta)
+            and item.tool_calls == last.tool_calls
+        ):
+            items[-1] = Delta(last.text + item.text, item.tool_calls)
         else:
             items.append(item)
     return items

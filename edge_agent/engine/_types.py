@@ -18,6 +18,8 @@ __all__ = [
     "Started",
     "ToolCall",
     "ToolSpec",
+    "messages_from_job",
+    "tools_from_job",
 ]
 
 
@@ -74,7 +76,16 @@ class GenerationRequest:
 
     def to_job(self) -> dict[str, Any]:
         return {
-            "messages": [(m.role, m.content) for m in self.messages],
+            # Plain data only crosses the pipe (see _protocol); messages_from_job reads it back.
+            "messages": [
+                (
+                    m.role,
+                    m.content,
+                    [(c.id, c.name, c.arguments) for c in m.tool_calls],
+                    m.tool_call_id,
+                )
+                for m in self.messages
+            ],
             "max_tokens": self.max_tokens,
             "min_tokens": self.min_tokens,
             "temperature": self.temperature,
@@ -84,7 +95,26 @@ class GenerationRequest:
             "stop": list(self.stop),
             "json_schema": self.json_schema,
             "assistant_prefix": self.assistant_prefix,
+            "tools": [(t.name, t.description, t.parameters_json) for t in self.tools],
+            "tool_choice": self.tool_choice,
         }
+
+
+def messages_from_job(job: dict[str, Any]) -> tuple[Message, ...]:
+    """The worker's side of ``GenerationRequest.to_job``."""
+    return tuple(
+        Message(
+            str(role),
+            str(content),
+            tuple(ToolCall(str(i), str(n), str(a)) for i, n, a in calls),
+            str(call_id),
+        )
+        for role, content, calls, call_id in job["messages"]
+    )
+
+
+def tools_from_job(job: dict[str, Any]) -> tuple[ToolSpec, ...]:
+    return tuple(ToolSpec(str(n), str(d), str(p)) for n, d, p in job.get("tools", ()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +127,7 @@ class ModelIdentity:
     architecture: str = "MistralForCausalLM"
     quantization: str = "int4"
     kv_bytes_per_token: int = 0
+    memory_estimate_bytes: int = 0  # bundle.json's; 0 when the folder has none
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +141,7 @@ class EngineInfo:
     vocab_size: int
     pid: int
     intra_op_threads: int = 0  # as the worker resolved it (0: not reported)
+    prompt_format: str = ""  # "mistral-v7" or "chat-template" (engine/_prompt.py)
 
     @classmethod
     def from_wire(cls, info: dict[str, Any]) -> EngineInfo:
@@ -121,6 +153,7 @@ class EngineInfo:
             vocab_size=int(info.get("vocab_size", 0)),
             pid=int(info["pid"]),
             intra_op_threads=int(info.get("intra_op_threads", 0)),
+            prompt_format=str(info.get("prompt_format", "")),
         )
 
 
@@ -132,6 +165,10 @@ class Started:
 @dataclass(frozen=True, slots=True)
 class Delta:
     text: str
+    # True for text after the model's tool-call control token (Mistral's [TOOL_CALLS] id,
+    # which decodes to nothing): the calls' JSON, never answer text. Text that merely reads
+    # "[TOOL_CALLS]" stays answer text, so a conversation cannot forge a call through it.
+    tool_calls: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,11 +41,15 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent._malloc import release_free_heap
 from edge_agent.engine._cpus import resolve_intra_op_threads
 from edge_agent.engine._netseal import NetsealUnavailable, seal_network
+from edge_agent.engine._prompt import PromptError, load_prompt_builder
 from edge_agent.engine._protocol import BlockingChannel
 from edge_agent.engine._providers import ModelLoadError, load_model
 from edge_agent.engine._stops import StopFilter
+from edge_agent.engine._types import messages_from_job, tools_from_job
+from edge_agent.pressure import context_from_genai_config
 
 __all__ = ["worker_main"]
 
@@ -80,6 +85,33 @@ class _Job:
     cancelled: bool = False
     generated: list[int] = field(default_factory=list)  # token ids of this answer so far
     regrouped: bool = False
+    calls_token: int | None = None  # the format's tool-call control token ([TOOL_CALLS])
+    calls: bool = False  # the model emitted it: what follows is the calls' JSON
+    # Trailing spaces of assistant_prefix the prompt format dropped (Mistral V7 does): the
+    # client already has them, so the same spaces are not sent again when the model restores them.
+    skip_spaces: int = 0
+
+    def take(self, token: int, out: _Out) -> None:
+        """One generated token's text: answer text goes through the stop filter; after the
+        tool-call token, the calls' JSON goes out as is (a stop string must not cut it)."""
+        text = self.stream.decode(token)  # the stream must see every token, even this one
+        if token == self.calls_token:
+            if not self.calls:
+                tail = self.stops.flush()  # answer text held back for a possible stop string
+                if tail:
+                    out.deltas.append((self.rid, tail, False))
+                self.calls = True
+            return
+        if self.skip_spaces and text and not self.calls:
+            kept = text.lstrip(" ")
+            dropped = min(len(text) - len(kept), self.skip_spaces)
+            # Only spaces the prefix lost; anything else ends the skipping.
+            self.skip_spaces = 0 if kept or dropped < len(text) else self.skip_spaces - dropped
+            text = text[dropped:]
+        if not self.calls:
+            text = self.stops.feed(text)
+        if text:
+            out.deltas.append((self.rid, text, self.calls))
 
     @property
     def min_new(self) -> int:
@@ -108,7 +140,7 @@ class _Job:
 @dataclass
 class _Out:
     started: list[tuple[int, int]] = field(default_factory=list)
-    deltas: list[tuple[int, str]] = field(default_factory=list)
+    deltas: list[tuple[int, str, bool]] = field(default_factory=list)
     done: list[tuple[int, str, int, int, tuple[str, str, str] | None]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
@@ -117,7 +149,7 @@ class _Out:
     def finish(self, job: _Job, reason: str, error: tuple[str, str, str] | None = None) -> None:
         tail = job.stops.flush()
         if tail:
-            self.deltas.append((job.rid, tail))
+            self.deltas.append((job.rid, tail, False))
         self.done.append((job.rid, reason, len(job.tokens), job.completion_tokens, error))
 
 
@@ -200,9 +232,7 @@ class _EngineLane:
                 job.completion_tokens += 1
                 if job.completion_tokens <= self._keep_tokens:
                     job.generated.append(int(event.token))
-                text = job.stops.feed(job.stream.decode(event.token))
-                if text:
-                    out.deltas.append((job.rid, text))
+                job.take(int(event.token), out)
                 if job.stops.stopped and not flags & _TURN_FINISHED:
                     out.finish(job, "stop")
                     self.cancel(job)  # its last event comes later and only closes it
@@ -253,9 +283,7 @@ class _GeneratorLane:
         token = int(gen.get_next_tokens()[0])
         job.completion_tokens += 1
         if token not in eos:
-            text = job.stops.feed(job.stream.decode(token))
-            if text:
-                out.deltas.append((job.rid, text))
+            job.take(token, out)
         if job.stops.stopped or token in eos:
             self.done = True
             out.finish(job, "stop")
@@ -285,8 +313,9 @@ class _Worker:
         self.provider = loaded.provider
         self.skipped = loaded.skipped
         self.tokenizer = og.Tokenizer(self.model)
+        self.prompts = load_prompt_builder(Path(spec["model_dir"]), self.tokenizer)
         config = json.loads((Path(spec["model_dir"]) / "genai_config.json").read_text())
-        self.context_length = int(config["model"]["context_length"])
+        self.context_length = context_from_genai_config(config)
         self.vocab_size = int(config["model"].get("vocab_size", 0))
         eos = config["model"].get("eos_token_id", [])
         self.eos = frozenset(eos if isinstance(eos, list) else [eos])
@@ -297,6 +326,7 @@ class _Worker:
         ]
         self.max_batch = int(self.lanes[0].engine.get_capabilities().configured_max_batch_size)
         self.max_batch = min(self.max_batch, int(spec["max_batch_size"])) or 1
+        self.guidance_warmup_s = self._warm_guidance()
         self.regrouped = 0
         self.generators: list[_GeneratorLane] = []
         self.waiting: deque[_Job] = deque()
@@ -305,11 +335,31 @@ class _Worker:
         self.steps = 0
         self.running = True
 
+    def _warm_guidance(self) -> float | None:
+        """The first JSON-schema request of a process builds the guidance engine's view of
+        the vocabulary (1.75 s for a 131k Tekken vocabulary on 2 cores, ~0.01 s afterwards):
+        paid here, before the worker says ready, not by a client. None: guidance unavailable."""
+        og, started = self.og, time.perf_counter()
+        prompt = np.asarray([self.tokenizer.encode("{")], dtype=np.int32)
+        try:
+            params = og.GeneratorParams(self.model)
+            params.set_search_options(max_length=prompt.shape[1] + 1)
+            params.set_guidance("json_schema", '{"type": "object"}')
+            generator = og.Generator(self.model, params)
+            generator.append_tokens(prompt)
+            generator.generate_next_token()
+        except Exception as exc:
+            _log.warning("JSON-schema guidance did not warm up: %s", exc)
+            return None
+        return time.perf_counter() - started
+
     def info(self) -> dict[str, Any]:
         return {
             "provider": self.provider,
             "skipped": self.skipped,
             "context_length": self.context_length,
+            "prompt_format": self.prompts.format,
+            "guidance_warmup_s": self.guidance_warmup_s,
             "max_batch_size": self.max_batch,
             "lanes": len(self.lanes),
             "intra_op_threads": self.intra_op_threads,
@@ -342,27 +392,15 @@ class _Worker:
 
     def submit(self, rid: int, spec: dict[str, Any], out: _Out) -> None:
         try:
-            prompt = self.tokenizer.apply_chat_template(
-                json.dumps([{"role": r, "content": c} for r, c in spec["messages"]]),
-                add_generation_prompt=True,
+            ids = self.prompts.build(
+                messages_from_job(spec),
+                tools_from_job(spec),
+                str(spec.get("assistant_prefix") or ""),
             )
-            prompt += spec.get("assistant_prefix") or ""
-            tokens = np.asarray(self.tokenizer.encode(prompt), dtype=np.int32)
-        except Exception:
-            out.done.append(
-                (
-                    rid,
-                    "error",
-                    0,
-                    0,
-                    (
-                        "invalid_argument",
-                        "messages",
-                        "the conversation could not be rendered with the model's chat template",
-                    ),
-                )
-            )
+        except PromptError as exc:
+            out.done.append((rid, "error", 0, 0, ("invalid_argument", exc.field, exc.message)))
             return
+        tokens = np.asarray(ids, dtype=np.int32)
         room = self.context_length - len(tokens)
         if room < 1:
             out.done.append(
@@ -384,6 +422,10 @@ class _Worker:
         job = _Job(
             rid, tokens, max_new, spec, self.tokenizer.create_stream(), StopFilter(spec["stop"])
         )
+        job.calls_token = self.prompts.tool_calls_token
+        prefix = str(spec.get("assistant_prefix") or "")
+        if self.prompts.strips_prefix_spaces:
+            job.skip_spaces = len(prefix) - len(prefix.rstrip(" "))
         out.started.append((rid, len(tokens)))
         if spec["seed"] is not None and float(spec["temperature"]) > 0:
             try:
@@ -561,6 +603,7 @@ def worker_main(conn: BlockingChannel) -> None:
     # Nothing loaded so far dies: keep full collections from walking it between steps.
     gc.collect()
     gc.freeze()
+    release_free_heap()  # what loading parsed and dropped (tokenizer JSON, graph protos)
     conn.send(("ready", worker.info()))
     # EOF or a broken pipe: the daemon went away and nothing is left to serve.
     with contextlib.suppress(EOFError, BrokenPipeError, ConnectionResetError):

@@ -39,12 +39,14 @@ __all__ = [
     "AdmissionController",
     "AdmissionStats",
     "Ticket",
+    "context_from_genai_config",
     "estimate_request_bytes",
     "kv_bytes_per_token",
     "kv_bytes_per_token_from_genai_config",
 ]
 
 _MIB = 1024 * 1024
+LOWER_MAX_TOKENS = "lower max_tokens"
 
 
 def kv_bytes_per_token(
@@ -78,6 +80,27 @@ def kv_bytes_per_token_from_genai_config(config: Mapping[str, object], element_b
         values["num_hidden_layers"], values["num_key_value_heads"], values["head_size"],
         element_bytes,
     )  # fmt: skip
+
+
+def context_from_genai_config(config: Mapping[str, object]) -> int:
+    """The one context of a model, from a parsed ``genai_config.json``.
+
+    The static engine preallocates the KV cache for ``search.max_length`` tokens per sequence
+    and cannot go past it; ``model.context_length`` is what the model was trained for. The
+    worker's prompt limit, ``max_tokens`` checks, admission's cost and the bundle's facts all
+    use the smaller, so what admission reserves is what the engine allocates.
+    """
+    model = config.get("model")
+    context = model.get("context_length") if isinstance(model, Mapping) else None
+    if not isinstance(context, int) or isinstance(context, bool) or context < 1:
+        raise ValueError("genai_config model.context_length is missing or not a positive integer")
+    search = config.get("search")
+    max_length = search.get("max_length") if isinstance(search, Mapping) else None
+    if max_length is None:
+        return context
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+        raise ValueError("genai_config search.max_length is not a positive integer")
+    return min(context, max_length)
 
 
 def estimate_request_bytes(
@@ -206,26 +229,51 @@ class AdmissionController:
         del snapshot  # read through the ``snapshot`` callable like every other decision
         self._pump()
 
+    def memory_room_bytes(self) -> int | None:
+        """Free memory beyond the reserve and what admitted requests still hold: what a model
+        being trial-loaded beside the active one may take. ``None`` when not measured."""
+        snapshot = self._snapshot()
+        if snapshot is None or snapshot.memory is None:
+            return None
+        engine = snapshot.engine
+        kv_in_use = engine.kv_bytes_in_use if engine is not None else 0
+        available = snapshot.memory.available_bytes - self._config.memory_reserve_bytes
+        return available - max(0, self._held - kv_in_use)
+
     def room_bytes(self) -> int | None:
         """What a new request may use now; ``None`` when nothing limits it but concurrency."""
         return self._room(self._snapshot(), idle=False)
 
     @contextlib.asynccontextmanager
     async def admit(
-        self, *, cost_bytes: int, priority: int = 0, deadline: float | None = None
+        self,
+        *,
+        cost_bytes: int,
+        priority: int = 0,
+        deadline: float | None = None,
+        shrink_hint: str = LOWER_MAX_TOKENS,
     ) -> AsyncIterator[Ticket]:
         """``async with controller.admit(...) as ticket:``; released on exit or cancellation.
 
         ``deadline`` is a ``time.monotonic()`` instant (the caller's gRPC deadline).
+        ``shrink_hint`` ends the refusal of a request that can never fit: what would make it
+        smaller (a preallocating engine's cost does not follow max_tokens).
         """
-        ticket = await self.acquire(cost_bytes=cost_bytes, priority=priority, deadline=deadline)
+        ticket = await self.acquire(
+            cost_bytes=cost_bytes, priority=priority, deadline=deadline, shrink_hint=shrink_hint
+        )
         try:
             yield ticket
         finally:
             ticket.release()
 
     async def acquire(
-        self, *, cost_bytes: int, priority: int = 0, deadline: float | None = None
+        self,
+        *,
+        cost_bytes: int,
+        priority: int = 0,
+        deadline: float | None = None,
+        shrink_hint: str = LOWER_MAX_TOKENS,
     ) -> Ticket:
         """Wait for admission; the caller must ``release()`` the ticket (prefer ``admit``)."""
         if cost_bytes < 0:
@@ -235,7 +283,7 @@ class AdmissionController:
             self._refused["deadline"] += 1
             raise DeadlineExceeded("the request's deadline passed before admission")
         snapshot = self._snapshot()
-        self._check_never_fits(cost_bytes, snapshot)
+        self._check_never_fits(cost_bytes, snapshot, shrink_hint)
         if (
             self._config.refuse_when_critical
             and snapshot is not None
@@ -294,7 +342,9 @@ class AdmissionController:
             rooms.append(engine.kv_bytes_capacity - held)
         return min(rooms) if rooms else None
 
-    def _check_never_fits(self, cost: int, snapshot: PressureSnapshot | None) -> None:
+    def _check_never_fits(
+        self, cost: int, snapshot: PressureSnapshot | None, shrink_hint: str
+    ) -> None:
         engine = snapshot.engine if snapshot is not None else None
         capacity = engine.kv_bytes_capacity if engine is not None else None
         memory = snapshot.memory if snapshot is not None else None
@@ -306,10 +356,10 @@ class AdmissionController:
             ceiling = capacity if ceiling is None else min(ceiling, capacity)
         if ceiling is not None and cost > ceiling:
             self._refused["too_large"] += 1
-            # No retry hint: waiting cannot help, a smaller max_tokens can.
+            # No retry hint: waiting cannot help, a smaller request (or model) can.
             raise ResourceExhausted(
                 f"the request needs {math.ceil(cost / _MIB)} MiB, more than this box can ever "
-                f"give one request ({max(0, ceiling) // _MIB} MiB); lower max_tokens"
+                f"give one request ({max(0, ceiling) // _MIB} MiB); {shrink_hint}"
             )
         idle_room = self._room(snapshot, idle=True)
         if idle_room is not None and cost > idle_room:

@@ -71,7 +71,7 @@ class Run:
         raise AssertionError("the worker did not finish its requests")
 
     def _collect(self, out: _Out) -> None:
-        for rid, text in out.deltas:
+        for rid, text, _ in out.deltas:
             self.text[rid] = self.text.get(rid, "") + text
         for rid, reason, prompt, completion, error in out.done:
             self.done[rid] = (reason, prompt, completion, error)
