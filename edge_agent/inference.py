@@ -171,8 +171,14 @@ class InferenceService:
         try:
             async with gate:
                 t_admitted = time.perf_counter()
+                info = self._engine.info
                 reader = (
-                    ToolCallReader(spec.tools, spec.tool_choice, spec.parallel_tool_calls)
+                    ToolCallReader(
+                        spec.tools,
+                        spec.tool_choice,
+                        spec.parallel_tool_calls,
+                        control_token=info is not None and info.prompt_format == "mistral-v7",
+                    )
                     if spec.tools and spec.tool_choice != "none" and not continue_from
                     else None
                 )
@@ -231,7 +237,10 @@ class InferenceService:
             if isinstance(event, Delta):
                 if t_first is None:
                     t_first = time.perf_counter()
-                text = reader.feed(event.text) if reader is not None else event.text
+                if reader is not None:
+                    text = reader.feed(event.text, after_control_token=event.tool_calls)
+                else:
+                    text = event.text
                 if text:
                     yield ChatChunk(delta=text)
             elif isinstance(event, Started):

@@ -262,16 +262,37 @@ class ToolCallReader:
     after passes straight through. A call is only complete at the end of the answer.
     """
 
-    def __init__(self, tools: Sequence[ToolSpec], tool_choice: str, parallel: bool) -> None:
+    def __init__(
+        self,
+        tools: Sequence[ToolSpec],
+        tool_choice: str,
+        parallel: bool,
+        *,
+        control_token: bool = False,
+    ) -> None:
         self._tools = tuple(tools)
         self._choice = tool_choice
         self._parallel = parallel
         self._held: list[str] = []
         # "undecided" → "text" or "call"; a forced answer is a call from its first byte.
-        self._mode = "call" if is_forced(tool_choice) else "undecided"
+        # A model with a tool-call control token (Mistral's [TOOL_CALLS] id) says when its
+        # calls start; its text never does, so text that reads like a call stays text.
+        if is_forced(tool_choice):
+            self._mode = "call"
+        else:
+            self._mode = "text" if control_token else "undecided"
 
-    def feed(self, delta: str) -> str:
-        """The text to send now (empty while held back)."""
+    def feed(self, delta: str, *, after_control_token: bool = False) -> str:
+        """The text to send now (empty while held back).
+
+        ``after_control_token``: the delta follows the model's tool-call control token,
+        which decodes to nothing; what was said before it stays the answer's text.
+        """
+        if after_control_token and self._mode != "call":
+            before = "".join(self._held)
+            self._held = [TOOL_CALLS_MARKER, delta]
+            self._mode = "call"
+            return before
         if self._mode == "text":
             return delta
         self._held.append(delta)

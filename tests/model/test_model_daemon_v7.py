@@ -9,6 +9,7 @@ admission reserves per request (which is the engine's real preallocation, not 32
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -121,3 +122,70 @@ async def test_trial_load_checks_the_bundle_memory_estimate(tmp_path: Path) -> N
     for fits in (estimate, None):  # enough memory, or none measured: the trial runs
         room[0] = fits
         await engine.trial_load(bundle)
+
+
+def test_tools_over_grpc_reach_the_model_as_the_reference_encodes_them(
+    daemon: RunningAgent,
+) -> None:
+    """The gRPC front end carries tools, a call and its result into the worker's V7 prompt:
+    the prompt token count equals mistral-common's for the same conversation."""
+    from mistral_common.protocol.instruct.messages import AssistantMessage, ToolMessage
+    from mistral_common.protocol.instruct.tool_calls import Function, FunctionCall, Tool
+    from mistral_common.protocol.instruct.tool_calls import ToolCall as RefToolCall
+
+    from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
+    from edge_agent._proto.edge_agent.v1 import inference_pb2_grpc as pb_grpc
+
+    params = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    args = '{"city": "Paris"}'
+    request = pb.ChatRequest(
+        messages=[
+            pb.ChatMessage(role="system", content="You can call tools."),
+            pb.ChatMessage(role="user", content="Weather in Paris?"),
+            pb.ChatMessage(
+                role="assistant",
+                tool_calls=[pb.ToolCall(id="call00001", name="get_weather", arguments=args)],
+            ),
+            pb.ChatMessage(role="tool", content="18 C, clear", tool_call_id="call00001"),
+            pb.ChatMessage(role="user", content=INJECTION),
+        ],
+        tools=[
+            pb.Tool(
+                name="get_weather",
+                description="The weather now",
+                parameters_json=json.dumps(params),
+            )
+        ],
+        max_tokens=3,
+    )
+    with grpc.insecure_channel(daemon.target) as channel:
+        replies = list(pb_grpc.InferenceStub(channel).Chat(request, timeout=60))
+    usage = replies[-1].usage
+    refs: list[Any] = [
+        SystemMessage(content="You can call tools."),
+        UserMessage(content="Weather in Paris?"),
+        AssistantMessage(
+            tool_calls=[
+                RefToolCall(
+                    id="call00001", function=FunctionCall(name="get_weather", arguments=args)
+                )
+            ]
+        ),
+        ToolMessage(content="18 C, clear", tool_call_id="call00001"),
+        UserMessage(content=INJECTION),
+    ]
+    tools = [
+        Tool(
+            function=Function(name="get_weather", description="The weather now", parameters=params)
+        )
+    ]
+    reference = reference_tokenizer().encode_chat_completion(
+        ChatCompletionRequest(messages=refs, tools=tools)
+    )
+    assert usage.prompt_tokens == len(reference.tokens)
+    # Without the tools the prompt is shorter: they did reach the encoder.
+    assert usage.prompt_tokens > len(
+        reference_tokenizer()
+        .encode_chat_completion(ChatCompletionRequest(messages=[refs[-1]]))
+        .tokens
+    )
