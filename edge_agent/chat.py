@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from edge_agent.engine import Message, ToolCall, ToolSpec
+from edge_agent._messages import Message, ToolCall, ToolSpec
 
 __all__ = [
     "CallContext",

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_agent._messages import Message, ToolCall, ToolSpec
+
 __all__ = [
     "Delta",
     "EngineInfo",
@@ -21,38 +23,6 @@ __all__ = [
     "messages_from_job",
     "tools_from_job",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class ToolCall:
-    """A function call the assistant made (OpenAI's tool_calls entry, type "function")."""
-
-    id: str
-    name: str
-    arguments: str  # JSON object text, as OpenAI carries it
-
-
-@dataclass(frozen=True, slots=True)
-class ToolSpec:
-    """A function the model may call (OpenAI's tools entry, type "function")."""
-
-    name: str
-    description: str = ""
-    parameters_json: str = "{}"  # JSON Schema object text
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One chat turn. role is system, user, assistant or tool.
-
-    An assistant turn may carry tool_calls; a tool turn answers the call named by
-    tool_call_id with its content.
-    """
-
-    role: str
-    content: str
-    tool_calls: tuple[ToolCall, ...] = ()
-    tool_call_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
