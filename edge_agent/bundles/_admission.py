@@ -8,11 +8,15 @@ A bundle is admitted when, in this order:
 3. this agent is at least its ``min_agent_version``;
 4. its release is above every release ever committed on the box, whatever the bundle's
    name: the fleet numbers releases from one counter, so an old bundle of another model
-   line (a lab build, a retired model) cannot be replayed to replace a newer one.
+   line (a lab build, a retired model) cannot be replayed to replace a newer one;
+5. its facts tell the truth about context: ``bundle.json``'s ``model.context_length`` is
+   the context the engine will serve (the smaller of ``search.max_length`` and
+   ``model.context_length`` in ``genai_config.json``), which admission sizes requests by.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,8 +25,9 @@ from edge_agent.bundles._format import BundleManifest, check_admissible, load_ma
 from edge_agent.bundles._signing import VerificationReport, require_verified, verify_bundle
 from edge_agent.bundles._truststore import TrustDocument
 from edge_agent.errors import BundleError, SignatureError
+from edge_agent.pressure import context_from_genai_config
 
-__all__ = ["BoxRules", "check_bundle", "check_release", "check_signatures"]
+__all__ = ["BoxRules", "check_bundle", "check_context", "check_release", "check_signatures"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +64,33 @@ def check_signatures(
     return load_manifest(folder), report
 
 
+def check_context(folder: Path, manifest: BundleManifest) -> None:
+    """Refuse a bundle whose stated context is not what its engine config will serve."""
+    try:
+        raw = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return  # not a model this agent can load: the trial load says so
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise BundleError("genai_config.json is not readable JSON") from exc
+    if not isinstance(raw, dict):
+        raise BundleError("genai_config.json is not a JSON object")
+    try:
+        served = context_from_genai_config(raw)
+    except ValueError as exc:
+        raise BundleError(f"genai_config.json: {exc}") from exc
+    stated = manifest.model.context_length
+    if stated != served:
+        search = raw.get("search")
+        max_length = search.get("max_length") if isinstance(search, dict) else None
+        raise BundleError(
+            f"bundle.json says context_length {stated}, but the engine would serve {served} "
+            f"(genai_config.json: search.max_length {max_length}, model.context_length "
+            f"{raw['model']['context_length']}); rebuild the bundle with `edge-agent bundle "
+            f"build` (it records {served}), or set both lengths in genai_config.json to the "
+            "context wanted before signing"
+        )
+
+
 def check_bundle(
     folder: Path, doc: TrustDocument, rules: BoxRules, *, now: datetime, anti_rollback: bool = True
 ) -> tuple[BundleManifest, VerificationReport]:
@@ -72,4 +104,5 @@ def check_bundle(
     )
     if anti_rollback and rules.release_floor is not None:
         check_release(manifest, rules.release_floor)
+    check_context(folder, manifest)
     return manifest, report

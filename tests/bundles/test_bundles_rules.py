@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bundle_fixtures import FileHost, Fleet, make_folder, small_config
+from bundle_fixtures import DEMO_MODEL, FileHost, Fleet, make_folder, small_config
 
 from edge_agent.audit import AuditLog, AuditRecord
 from edge_agent.bundles import BundleManager
@@ -259,3 +260,33 @@ async def test_installed_bundles_are_not_dropped_for_expiry_at_start(tmp_path: P
     # Rolling back is an activation, though: it applies today's rules.
     with pytest.raises(EdgeAgentError, match="has no expiry"):
         await m.rollback()
+
+
+async def test_a_bundle_whose_context_facts_disagree_with_its_engine_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The demo model's genai_config serves 2048; its facts claim 4096, so admission would
+    # size every request by a context the engine never allocates.
+    fleet = Fleet(tmp_path / "fleet")
+    m = BundleManager(small_config(), state_dir=tmp_path / "box", host=FileHost())
+    fleet.trust(m.trust.path, "ops1")
+    m.recover()
+    folder = make_folder(tmp_path / "src", 7, model_src=DEMO_MODEL)
+    doc = json.loads((folder / "bundle.json").read_text())
+    doc["model"]["context_length"] = 4096
+    (folder / "bundle.json").write_text(json.dumps(doc))
+    archive = fleet.archive(fleet.sign(folder, "ops1"))
+    with pytest.raises(EdgeAgentError) as refused:
+        await m.install_archive(archive)
+    message = refused.value.message
+    assert "says context_length 4096, but the engine would serve 2048" in message
+    assert "search.max_length 2048" in message
+    assert m.active_model_dir() is None  # nothing was installed
+    pub = fleet.key("ops1").public_key_path
+    code, out = _verify_cli(archive, "--public-key", pub, capsys=capsys)
+    assert (code, out.strip()) == (1, f"refused: {message}")
+    # The same bundle with true facts is taken.
+    doc["model"]["context_length"] = 2048
+    (folder / "bundle.json").write_text(json.dumps(doc))
+    await m.install_archive(fleet.archive(fleet.sign(folder, "ops1")))
+    assert m.active_model_dir() is not None
