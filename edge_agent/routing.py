@@ -224,8 +224,7 @@ class ChatRouter:
     ) -> Callable[[str, str | None], tuple[str | None, str | None]]:
         """The router's account and capability state for :func:`decide`."""
         monitor = self._connectivity
-        # ChatSpec grows a ``tools`` field with the OpenAI front end; read it if present.
-        needs_tools = bool(getattr(spec, "tools", None))
+        needs_tools = bool(spec.tools)
         needs_schema = spec.json_schema is not None
 
         def check(model: str, provider: str | None) -> tuple[str | None, str | None]:

@@ -263,7 +263,9 @@ async def test_a_slow_cloud_is_continued_locally_when_its_budget_ends(
 # -- capabilities ------------------------------------------------------------------------
 
 
-def _offer(name: str, *, structured: bool | None, price: float, throughput: float) -> object:
+def _offer(
+    name: str, *, structured: bool | None, price: float, throughput: float
+) -> dict[str, object]:
     return {
         "provider": name,
         "status": "live",
@@ -312,6 +314,20 @@ def test_the_provider_choice_respects_capabilities_and_the_selection_policy() ->
         )
         == "mid"
     )
+
+
+def test_a_tool_request_goes_only_to_a_provider_that_supports_tools() -> None:
+    offers = [
+        {**_offer("cheap", structured=True, price=0.1, throughput=90), "supports_tools": False},
+        {**_offer("quiet", structured=True, price=0.2, throughput=80), "supports_tools": None},
+        _offer("tooled", structured=True, price=0.7, throughput=60),
+    ]
+    catalog = parse_models_response({"data": [{"id": DEFAULT_MODEL, "providers": offers}]})
+    cheapest = parse_model_ref(f"{DEFAULT_MODEL}:cheapest")
+    assert catalog.choose_provider(cheapest) == "cheap"
+    # Unknown support (None) is not support: a tool call must not be silently dropped.
+    assert catalog.choose_provider(cheapest, tools=True) == "tooled"
+    assert catalog.choose_provider(parse_model_ref(f"{DEFAULT_MODEL}:cheap"), tools=True) is None
 
 
 async def test_a_429_without_retry_after_says_rate_limited_not_a_broken_uplink(
