@@ -178,7 +178,12 @@ def test_onnxruntime_telemetry_is_real_and_the_seal_stops_it(tmp_path: Path) -> 
         if os.environ.get("CI"):
             pytest.fail(f"the egress proof cannot run here: {reason}")
         pytest.skip(reason)
+    # A fresh HOME each, as on a new box: onnxruntime keeps its event queue and upload state
+    # under $HOME/.cache/Microsoft, and a queue from earlier runs may hold back its uploads.
     env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    homes = {mode: tmp_path / f"home-{mode}" for mode in ("open", "sealed")}
+    for home in homes.values():
+        home.mkdir()
     with (
         fresh_namespace() as open_net,
         fresh_namespace() as sealed_net,
@@ -187,8 +192,8 @@ def test_onnxruntime_telemetry_is_real_and_the_seal_stops_it(tmp_path: Path) -> 
     ):
         runs = [
             subprocess.Popen(
-                [*net.enter, sys.executable, "-c", CONTROL, mode, str(DEMO_MODEL), "22"],
-                env=env,
+                [*net.enter, sys.executable, "-c", CONTROL, mode, str(DEMO_MODEL), "30"],
+                env={**env, "HOME": str(homes[mode])},
             )
             for mode, net in (("open", open_net), ("sealed", sealed_net))
         ]
@@ -197,3 +202,6 @@ def test_onnxruntime_telemetry_is_real_and_the_seal_stops_it(tmp_path: Path) -> 
     names = {r["name"] for r in seen["open"]["dns"]}
     assert "mobile.events.data.microsoft.com" in names, seen["open"]
     assert seen["sealed"] == {"dns": [], "tcp_syn": [], "other": []}, seen["sealed"]
+    # It also queued its events (a device id, ...) under its HOME: what the environment
+    # switch prevents (asserted for the daemons above).
+    assert (homes["open"] / ".cache" / "Microsoft").is_dir()
