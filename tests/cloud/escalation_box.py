@@ -22,7 +22,11 @@ from edge_agent.router import sign_policy
 
 TOKEN = "hf_E2Esentinel_9f8e7d6c5b4a3210"
 
-POLICY = f"""
+
+def escalation_policy(budget_scale: int = 1) -> str:
+    """A signed-policy text sending public data to the stand-in's default model; the budgets
+    are multiplied by ``budget_scale`` (the hostile suites spend far more)."""
+    return f"""
 version = 1
 default_data_class = "restricted"
 
@@ -33,10 +37,10 @@ confidential = "local"
 restricted = "local"
 
 [budget]
-daily_tokens = 100000
-monthly_tokens = 1000000
-daily_usd = 5.0
-monthly_usd = 50.0
+daily_tokens = {100000 * budget_scale}
+monthly_tokens = {1000000 * budget_scale}
+daily_usd = {5.0 * budget_scale}
+monthly_usd = {50.0 * budget_scale}
 
 [cloud]
 default_model = "{DEFAULT_MODEL}"
@@ -50,6 +54,18 @@ output_usd_per_mtok = 1.0
 escalation = true
 max_cloud_data_class = "public"
 """
+
+
+POLICY = escalation_policy()
+
+
+def serving_router(token: str = TOKEN) -> Iterator[FakeRouter]:
+    """The stand-in router for a fixture: ``yield from serving_router()``."""
+    server = FakeRouter(token).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def escalating(

@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 from daemon_harness import RunningAgent
-from escalation_box import TOKEN, box_config, run_box
+from escalation_box import TOKEN, box_config, run_box, serving_router
 from fake_router import DEFAULT_MODEL, FakeRouter, Reply, Status
 
 from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
@@ -32,11 +32,7 @@ from edge_agent.client import ChatChunk, ChatOptions, Client, DataClass, RoutePr
 
 @pytest.fixture
 def router() -> Iterator[FakeRouter]:
-    server = FakeRouter(TOKEN).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serving_router()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 import pytest
 from daemon_harness import RunningAgent, start_agent, stop_agent
-from escalation_box import TOKEN, box_config, run_box
+from escalation_box import box_config, run_box, serving_router
 from fake_router import Behaviour, FakeRouter, Hang, Reply, Status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -51,11 +51,7 @@ _OPTS = ChatOptions(max_tokens=16, data_class=DataClass.PUBLIC, route=RoutePrefe
 
 @pytest.fixture
 def router() -> Iterator[FakeRouter]:
-    server = FakeRouter(TOKEN).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serving_router()
 
 
 @pytest.fixture

@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from daemon_harness import RunningAgent
-from escalation_box import escalating
-from fake_router import DEFAULT_MODEL, FakeRouter, Hang, Reply, Status
+from escalation_box import escalating, escalation_policy
+from fake_router import FakeRouter, Hang, Reply, Status
 from hostile_common import Tally, engine_idle, hostile_config
 
 from edge_agent.client import ChatOptions, Client, DataClass, RoutePreference
@@ -33,34 +33,7 @@ from edge_agent.config import AgentConfig
 TOKEN = "hf_HOSTILEsentinel_0a1b2c3d4e5f6789"
 _DEADLINE_S = 60.0  # a chat needing this long is hung (each fault resolves within ~2 s)
 
-POLICY = f"""
-version = 1
-default_data_class = "restricted"
-
-[data_classes]
-public = "cloud"
-internal = "local"
-confidential = "local"
-restricted = "local"
-
-[budget]
-daily_tokens = 10000000
-monthly_tokens = 100000000
-daily_usd = 500.0
-monthly_usd = 5000.0
-
-[cloud]
-default_model = "{DEFAULT_MODEL}"
-provider = "together"
-
-[cloud.models."{DEFAULT_MODEL}"]
-input_usd_per_mtok = 0.5
-output_usd_per_mtok = 1.0
-
-[clients."*"]
-escalation = true
-max_cloud_data_class = "public"
-"""
+POLICY = escalation_policy(budget_scale=100)
 
 # Short deadlines so each fault resolves in about a second; the breaker opens after two
 # failures and tries again after 0.5 s (doubling to 1 s while trials fail).

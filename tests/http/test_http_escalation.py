@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from daemon_harness import RunningAgent, start_agent, stop_agent
-from escalation_box import TOKEN, box_config
+from escalation_box import box_config, serving_router
 from fake_router import DEFAULT_MODEL, FakeRouter, Reply
 from http_harness import WEATHER_TOOL, http_config, openai_client
 
@@ -23,11 +23,7 @@ TOOLS: Any = [WEATHER_TOOL]
 
 @pytest.fixture(scope="module")
 def router() -> Iterator[FakeRouter]:
-    server = FakeRouter(TOKEN).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serving_router()
 
 
 @pytest.fixture(scope="module")
