@@ -207,7 +207,9 @@ def test_a_running_stream_gets_tokens_between_the_chunks_of_a_long_prompt(
     assert steps <= 2 * len(reads)  # and the long prompt is read every other step
     assert run.generated(1) == 1  # its first token comes with its last chunk
     run.finish()
+    # Both answers are what each gets alone: the chunks did not disturb the Engine's stream.
     assert run.text[1] == _answer(whole, _job(LONG, tokens=24))[0]
+    assert run.text[0] == _answer(whole, _job(SHORT, tokens=200))[0]
     assert run.done[0][:3] == ("length", _prompt_len(chunked, _job(SHORT)), 200)
     assert _idle(chunked)
 
