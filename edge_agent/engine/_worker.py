@@ -477,16 +477,18 @@ class _Worker:
         if seeded or 0 < self.prefill_chunk < len(tokens):
             try:
                 lane = _GeneratorLane(self.og, self.model, job, self.prefill_chunk)
-            except Exception:
-                out.finish(
-                    job,
-                    "error",
-                    (
+            except Exception as exc:
+                # Building the grammar is what fails on a bad schema; anything else is ours.
+                if spec["json_schema"]:
+                    error = (
                         "invalid_argument",
                         "response_format.json_schema",
                         "the JSON schema was refused by the guidance engine",
-                    ),
-                )
+                    )
+                else:
+                    _log.warning("no generator for request %d: %s", rid, exc)
+                    error = ("internal", "", "the engine failed this request")
+                out.finish(job, "error", error)
                 return
             self.generators.append(lane)
             self.where[rid] = lane

@@ -298,3 +298,16 @@ def test_regrouping_goes_on_beside_a_chunked_prompt(chunked: _Worker, whole: _Wo
     assert [run.text[rid] for rid in range(3)] == reference
     assert run.done[9][0] == "length"
     assert _idle(chunked)
+
+
+def test_a_bad_schema_on_a_chunked_request_names_the_field(
+    chunked: _Worker, whole: _Worker
+) -> None:
+    job = _job(LONG, json_schema=json.dumps({"type": "no-such-type"}), min_tokens=0)
+    for worker in (chunked, whole):
+        text, (reason, prompt, completion, error) = _answer(worker, job)
+        assert (text, reason, completion) == ("", "error", 0)
+        assert error[:2] == ("invalid_argument", "response_format.json_schema")
+        assert "refused" in error[2]
+        assert prompt == _prompt_len(worker, job)
+        assert _idle(worker)
