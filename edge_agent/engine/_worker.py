@@ -18,8 +18,8 @@ runs on a Generator of its own and is read one chunk per turn of the rotation, b
 other lanes' steps; then it decodes there. The static Engine cannot do this itself: every
 turn of a request generates at least one token that stays in its sequence, and a second
 turn needs the request alone in its batch (docs/ARCHITECTURE.md "Chunked prefill"). Long
-prompts are read one at a time, oldest first, so a running stream waits at most one chunk
-per turn whatever arrives.
+prompts are read one at a time, oldest first, in one place of the rotation, so a running
+stream waits at most one chunk per turn whatever arrives.
 
 Regrouping. Requests of a burst reach the worker one by one: the first starts stepping
 alone at once (its time to first token matters), the rest gather in a fresh lane, and the
@@ -295,6 +295,7 @@ class _GeneratorLane:
         self.chunk = chunk if chunk > 0 else len(job.tokens)
         self.read = 0  # prompt tokens appended so far
         self.done = False
+        self.seq = 0  # its place in the rotation, given by the worker
 
     @property
     def chunked(self) -> bool:
@@ -375,7 +376,8 @@ class _Worker:
         self.generators: list[_GeneratorLane] = []
         self.waiting: deque[_Job] = deque()
         self.where: dict[int, _EngineLane | _GeneratorLane | None] = {}
-        self.turn = 0
+        self.turn: tuple[int, int] = (-1, -1)  # the rotation place stepped last
+        self.arrivals = 0
         self.steps = 0
         self.running = True
 
@@ -490,6 +492,8 @@ class _Worker:
                     error = ("internal", "", "the engine failed this request")
                 out.finish(job, "error", error)
                 return
+            self.arrivals += 1
+            lane.seq = self.arrivals
             self.generators.append(lane)
             self.where[rid] = lane
             return
@@ -562,16 +566,22 @@ class _Worker:
 
     # -- the loop -------------------------------------------------------------------------
 
-    def _runnable(self) -> list[Callable[[_Out], None]]:
-        steps: list[Callable[[_Out], None]] = [lane.step for lane in self.lanes if lane.busy]
-        # Long prompts are read one at a time, oldest first: however many arrive, a running
-        # stream waits for at most one chunk per turn of the rotation.
-        reading = next((g for g in self.generators if g.chunked and g.reading), None)
+    def _runnable(self) -> list[tuple[tuple[int, int], Callable[[_Out], None]]]:
+        """What may step now, each under its place in the rotation: the lanes, then the
+        generators in arrival order, then one place for reading a long prompt's chunk."""
+        steps: list[tuple[tuple[int, int], Callable[[_Out], None]]] = [
+            ((0, i), lane.step) for i, lane in enumerate(self.lanes) if lane.busy
+        ]
         steps.extend(
-            functools.partial(self._step_generator, g)
+            ((1, g.seq), functools.partial(self._step_generator, g))
             for g in self.generators
-            if g is reading or not (g.chunked and g.reading)
+            if not (g.chunked and g.reading)
         )
+        # Long prompts are read one at a time, oldest first, in a place of their own: however
+        # many arrive, a running stream waits for at most one chunk per turn of the rotation.
+        reading = next((g for g in self.generators if g.chunked and g.reading), None)
+        if reading is not None:
+            steps.append(((2, 0), functools.partial(self._step_generator, reading)))
         return steps
 
     def _step_generator(self, lane: _GeneratorLane, out: _Out) -> None:
@@ -585,8 +595,11 @@ class _Worker:
         self.regroup(out)
         runnable = self._runnable()
         if runnable:
-            runnable[self.turn % len(runnable)](out)
-            self.turn += 1
+            # The next after the last one stepped, even when places came or went since: a
+            # plain counter modulo a changing length can step one place twice in a row.
+            place, step = next(((k, f) for k, f in runnable if k > self.turn), runnable[0])
+            step(out)
+            self.turn = place
             self.steps += 1
             for job_rid in [rid for rid, *_ in out.done]:
                 self.where.pop(job_rid, None)

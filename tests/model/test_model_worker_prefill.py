@@ -311,3 +311,24 @@ def test_a_bad_schema_on_a_chunked_request_names_the_field(
         assert "refused" in error[2]
         assert prompt == _prompt_len(worker, job)
         assert _idle(worker)
+
+
+def test_a_running_stream_never_waits_for_two_chunks_in_a_row(chunked: _Worker) -> None:
+    run = Run(chunked)
+    run.submit(0, _job(SHORT, tokens=300))
+    run.advance()
+    for rid in (1, 2, 3):  # three long prompts at once: read one after the other
+        run.submit(rid, _job(f"{LONG} Part {rid}.", tokens=8))
+    steps: list[str] = []
+    while 0 in chunked.where and any(rid in chunked.where for rid in (1, 2, 3)):
+        chunks, tokens = chunked.prefill_chunks, run.generated(0)
+        run.advance()
+        steps.append("chunk" if chunked.prefill_chunks > chunks else "other")
+        if run.generated(0) > tokens:
+            steps[-1] = "stream"
+    assert steps.count("chunk") >= 3 * math.ceil(_prompt_len(chunked, _job(LONG)) / CHUNK)
+    pairs = list(itertools.pairwise(steps))
+    assert ("chunk", "chunk") not in pairs
+    run.finish()
+    assert all(run.done[rid][0] == "length" for rid in range(4))
+    assert _idle(chunked)
