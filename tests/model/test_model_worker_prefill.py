@@ -263,7 +263,7 @@ def test_a_cancel_during_prefill_frees_the_request(chunked: _Worker) -> None:
     assert read > 0 and _idle(chunked)
 
 
-def test_short_prompts_are_read_whole_on_an_engine_lane(tmp_path: Path) -> None:
+def test_short_prompts_are_read_whole_on_an_engine_lane() -> None:
     probe = _worker(DEMO, 0)
     fits = _prompt_len(probe, _job(SHORT))
     worker = _worker(DEMO, fits)  # the budget is exactly the short prompt
