@@ -95,6 +95,9 @@ class EngineConfig:
     # A request that has generated at most this many tokens may move into a fresh lane's
     # batch (engine/_worker.py "Regrouping"); 0 turns regrouping off.
     regroup_max_tokens: int = 16
+    # A prompt longer than this is read this many tokens per step, between the other
+    # streams' steps, so they keep their pace while it prefills; 0 reads every prompt whole.
+    prefill_chunk_tokens: int = 128
     load_timeout_s: float = 900.0
     restart_backoff_s: float = 0.5
     restart_backoff_max_s: float = 30.0
@@ -237,6 +240,9 @@ def _parse_engine(r: TableReader, base: Path) -> EngineConfig:
         max_batch_size=r.integer("max_batch_size", d.max_batch_size, min_value=1, max_value=256),
         regroup_max_tokens=r.integer(
             "regroup_max_tokens", d.regroup_max_tokens, min_value=0, max_value=4096
+        ),
+        prefill_chunk_tokens=r.integer(
+            "prefill_chunk_tokens", d.prefill_chunk_tokens, min_value=0, max_value=1 << 20
         ),
         load_timeout_s=r.number("load_timeout_s", d.load_timeout_s, min_value=1),
         restart_backoff_s=backoff,

@@ -134,6 +134,7 @@ class Daemon:
             '[logging]\nlevel = "WARNING"\n[metrics]\nport = 0\n[discovery]\nenabled = false\n'
             # Measures the serving path, not the per-client limiter (its default would
             # throttle the back-to-back TTFT probes).
+            "[auth]\nallow_anonymous_loopback = true\n"
             "[auth.rate_limits.client]\nrequests_per_s = 0\n"
         )
         self.proc = subprocess.Popen(

@@ -183,6 +183,7 @@ class EngineSupervisor:
             "lanes": c.lanes,
             "max_batch_size": c.max_batch_size,
             "regroup_max_tokens": c.regroup_max_tokens,
+            "prefill_chunk_tokens": c.prefill_chunk_tokens,
         }
 
     async def _launch(self, model_dir: Path) -> WorkerHandle:

@@ -12,6 +12,15 @@ every lane is busy does it wait, and then for the first lane that frees. Seeded 
 runs on a Generator of its own (the static Engine refuses per-turn seeds) stepped in the
 same rotation.
 
+Chunked prefill. A step of an Engine lane reads its requests' whole prompts, and every other
+stream waits for that step. A prompt longer than ``engine.prefill_chunk_tokens`` therefore
+runs on a Generator of its own and is read one chunk per turn of the rotation, between the
+other lanes' steps; then it decodes there. The static Engine cannot do this itself: every
+turn of a request generates at least one token that stays in its sequence, and a second
+turn needs the request alone in its batch (docs/ARCHITECTURE.md "Chunked prefill"). Long
+prompts are read one at a time, oldest first, in one place of the rotation, so a running
+stream waits at most one chunk per turn whatever arrives.
+
 Regrouping. Requests of a burst reach the worker one by one: the first starts stepping
 alone at once (its time to first token matters), the rest gather in a fresh lane, and the
 two would then step as batches of 1 and n-1 for the whole answer. So right after a lane's
@@ -253,34 +262,67 @@ class _EngineLane:
 
 
 class _GeneratorLane:
-    """One seeded sampling request on the Generator API (reproducible on static engines)."""
+    """One request on its own og.Generator, stepped in the lanes' rotation.
 
-    def __init__(self, og: Any, model: Any, job: _Job) -> None:
+    Two kinds of request run here: seeded sampling (the static Engine refuses per-turn seeds)
+    and prompts longer than the chunk budget, whose prompt is read ``chunk`` tokens per step
+    (an og.Generator gives the same continuation for a prompt appended in pieces as at once).
+    """
+
+    def __init__(self, og: Any, model: Any, job: _Job, chunk: int) -> None:
         spec = job.job
         params = og.GeneratorParams(model)
-        options: dict[str, Any] = {
-            "max_length": len(job.tokens) + job.max_new,
-            "do_sample": True,
-            "temperature": float(spec["temperature"]),
-            "random_seed": int(spec["seed"]),
-        }
-        if spec.get("min_tokens"):
-            options["min_length"] = len(job.tokens) + min(int(spec["min_tokens"]), job.max_new)
-        if spec["top_p"] is not None:
-            options["top_p"] = float(spec["top_p"])
-        options["top_k"] = int(spec["top_k"]) if spec["top_k"] is not None else 0
+        options: dict[str, Any] = {"max_length": len(job.tokens) + job.max_new}
+        temperature = float(spec["temperature"])
+        if temperature > 0:
+            options["do_sample"] = True
+            options["temperature"] = temperature
+            if spec["seed"] is not None:
+                options["random_seed"] = int(spec["seed"])
+            if spec["top_p"] is not None:
+                options["top_p"] = float(spec["top_p"])
+            # Unset means "no cut", as on the Engine lanes.
+            options["top_k"] = int(spec["top_k"]) if spec["top_k"] is not None else 0
+        else:
+            options["do_sample"] = False  # greedy, as the Engine lanes run temperature 0
+        if job.min_new:
+            options["min_length"] = len(job.tokens) + job.min_new
         params.set_search_options(**options)
         if spec["json_schema"]:
-            params.set_guidance("json_schema", spec["json_schema"])
+            params.set_guidance("json_schema", spec["json_schema"])  # a bad schema fails below
         self.job = job
         self.generator = og.Generator(model, params)
-        self.generator.append_tokens(job.tokens)
+        self.chunk = chunk if chunk > 0 else len(job.tokens)
+        self.read = 0  # prompt tokens appended so far
         self.done = False
+        self.seq = 0  # its place in the rotation, given by the worker
+
+    @property
+    def chunked(self) -> bool:
+        """Its prompt takes more than one step to read."""
+        return len(self.job.tokens) > self.chunk
+
+    @property
+    def reading(self) -> bool:
+        return self.read < len(self.job.tokens)
 
     def step(self, out: _Out, eos: frozenset[int]) -> None:
         job, gen = self.job, self.generator
-        gen.generate_next_token()
-        token = int(gen.get_next_tokens()[0])
+        try:
+            if self.reading:
+                end = min(self.read + self.chunk, len(job.tokens))
+                gen.append_tokens(job.tokens[self.read : end])  # runs the model on the chunk
+                self.read = end
+                if self.reading:
+                    return
+            # After the last chunk this only samples from the logits the append computed.
+            gen.generate_next_token()
+            token = int(gen.get_next_tokens()[0])
+        except Exception as exc:
+            _log.warning("the generator failed request %d: %s", job.rid, exc)
+            self.done = True
+            out.finish(job, "error", ("internal", "", "the engine failed this request"))
+            return
         job.completion_tokens += 1
         if token not in eos:
             job.take(token, out)
@@ -320,6 +362,9 @@ class _Worker:
         eos = config["model"].get("eos_token_id", [])
         self.eos = frozenset(eos if isinstance(eos, list) else [eos])
         self.regroup_max_tokens = int(spec["regroup_max_tokens"])
+        # Absent (an older daemon's spec): whole prompts, as before chunking existed.
+        self.prefill_chunk = int(spec.get("prefill_chunk_tokens", 0))
+        self.prefill_chunks = 0
         self.lanes = [
             _EngineLane(og, self.model, 256, self.regroup_max_tokens)
             for _ in range(int(spec["lanes"]))
@@ -331,7 +376,8 @@ class _Worker:
         self.generators: list[_GeneratorLane] = []
         self.waiting: deque[_Job] = deque()
         self.where: dict[int, _EngineLane | _GeneratorLane | None] = {}
-        self.turn = 0
+        self.turn: tuple[int, int] = (-1, -1)  # the rotation place stepped last
+        self.arrivals = 0
         self.steps = 0
         self.running = True
 
@@ -375,6 +421,8 @@ class _Worker:
             "busy_lanes": sum(lane.busy for lane in self.lanes),
             "steps": self.steps,
             "regrouped": self.regrouped,
+            "prefilling": sum(g.chunked and g.reading for g in self.generators),
+            "prefill_chunks": self.prefill_chunks,
         }
 
     # -- commands -------------------------------------------------------------------------
@@ -427,20 +475,25 @@ class _Worker:
         if self.prompts.strips_prefix_spaces:
             job.skip_spaces = len(prefix) - len(prefix.rstrip(" "))
         out.started.append((rid, len(tokens)))
-        if spec["seed"] is not None and float(spec["temperature"]) > 0:
+        seeded = spec["seed"] is not None and float(spec["temperature"]) > 0
+        if seeded or 0 < self.prefill_chunk < len(tokens):
             try:
-                lane = _GeneratorLane(self.og, self.model, job)
-            except Exception:
-                out.finish(
-                    job,
-                    "error",
-                    (
+                lane = _GeneratorLane(self.og, self.model, job, self.prefill_chunk)
+            except Exception as exc:
+                # Building the grammar is what fails on a bad schema; anything else is ours.
+                if spec["json_schema"]:
+                    error = (
                         "invalid_argument",
                         "response_format.json_schema",
                         "the JSON schema was refused by the guidance engine",
-                    ),
-                )
+                    )
+                else:
+                    _log.warning("no generator for request %d: %s", rid, exc)
+                    error = ("internal", "", "the engine failed this request")
+                out.finish(job, "error", error)
                 return
+            self.arrivals += 1
+            lane.seq = self.arrivals
             self.generators.append(lane)
             self.where[rid] = lane
             return
@@ -513,10 +566,28 @@ class _Worker:
 
     # -- the loop -------------------------------------------------------------------------
 
-    def _runnable(self) -> list[Callable[[_Out], None]]:
-        steps: list[Callable[[_Out], None]] = [lane.step for lane in self.lanes if lane.busy]
-        steps.extend(functools.partial(g.step, eos=self.eos) for g in self.generators)
+    def _runnable(self) -> list[tuple[tuple[int, int], Callable[[_Out], None]]]:
+        """What may step now, each under its place in the rotation: the lanes, then the
+        generators in arrival order, then one place for reading a long prompt's chunk."""
+        steps: list[tuple[tuple[int, int], Callable[[_Out], None]]] = [
+            ((0, i), lane.step) for i, lane in enumerate(self.lanes) if lane.busy
+        ]
+        steps.extend(
+            ((1, g.seq), functools.partial(self._step_generator, g))
+            for g in self.generators
+            if not (g.chunked and g.reading)
+        )
+        # Long prompts are read one at a time, oldest first, in a place of their own: however
+        # many arrive, a running stream waits for at most one chunk per turn of the rotation.
+        reading = next((g for g in self.generators if g.chunked and g.reading), None)
+        if reading is not None:
+            steps.append(((2, 0), functools.partial(self._step_generator, reading)))
         return steps
+
+    def _step_generator(self, lane: _GeneratorLane, out: _Out) -> None:
+        if lane.reading and lane.chunked:
+            self.prefill_chunks += 1
+        lane.step(out, self.eos)
 
     def advance(self, out: _Out) -> None:
         """Place what waits, then run one step of the next busy lane in the rotation."""
@@ -524,8 +595,11 @@ class _Worker:
         self.regroup(out)
         runnable = self._runnable()
         if runnable:
-            runnable[self.turn % len(runnable)](out)
-            self.turn += 1
+            # The next after the last one stepped, even when places came or went since: a
+            # plain counter modulo a changing length can step one place twice in a row.
+            place, step = next(((k, f) for k, f in runnable if k > self.turn), runnable[0])
+            step(out)
+            self.turn = place
             self.steps += 1
             for job_rid in [rid for rid, *_ in out.done]:
                 self.where.pop(job_rid, None)
