@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 from tekken_fixture import tekken_model_dir
+from worker_driver import Run, step_worker
 
 from edge_agent.engine._types import GenerationRequest, Message, messages_from_job, tools_from_job
-from edge_agent.engine._worker import _EngineLane, _GeneratorLane, _Out, _Worker
+from edge_agent.engine._worker import _EngineLane, _GeneratorLane, _Worker
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
 CHUNK = 32
@@ -35,18 +36,7 @@ LONG = " ".join(
 
 
 def _worker(model: Path, chunk: int) -> _Worker:
-    spec: dict[str, Any] = {
-        "model_dir": str(model),
-        "providers": ["cpu"],
-        "provider_options": {},
-        "intra_op_threads": 1,
-        "thread_spinning": False,
-        "lanes": 3,
-        "max_batch_size": 16,
-        "regroup_max_tokens": 16,
-        "prefill_chunk_tokens": chunk,
-    }
-    return _Worker(None, spec)  # type: ignore[arg-type]  # the pipe is never used here
+    return step_worker(model, prefill_chunk_tokens=chunk)
 
 
 def _job(prompt: str, tokens: int = 24, **extra: Any) -> dict[str, Any]:
@@ -56,47 +46,6 @@ def _job(prompt: str, tokens: int = 24, **extra: Any) -> dict[str, Any]:
 
 def _prompt_len(worker: _Worker, job: dict[str, Any]) -> int:
     return len(worker.prompts.build(messages_from_job(job), tools_from_job(job), ""))
-
-
-class Run:
-    """Collects what the worker would have sent to the daemon, step by step."""
-
-    def __init__(self, worker: _Worker) -> None:
-        self.worker = worker
-        self.text: dict[int, str] = {}
-        self.done: dict[int, tuple[str, int, int, Any]] = {}
-
-    def submit(self, rid: int, job: dict[str, Any]) -> None:
-        out = _Out()
-        self.worker.submit(rid, job, out)
-        self._collect(out)
-
-    def advance(self) -> None:
-        out = _Out()
-        self.worker.advance(out)
-        self._collect(out)
-
-    def finish(self, limit: int = 3000) -> None:
-        for _ in range(limit):
-            if not self.worker.where and not self.worker.waiting:
-                return
-            self.advance()
-        raise AssertionError("the worker did not finish its requests")
-
-    def generated(self, rid: int) -> int:
-        """Tokens request ``rid`` has generated so far, wherever it runs."""
-        place = self.worker.where.get(rid)
-        if isinstance(place, _GeneratorLane):
-            return place.job.completion_tokens
-        if isinstance(place, _EngineLane):
-            return next(j.completion_tokens for j in place.jobs.values() if j.rid == rid)
-        return self.done[rid][2]
-
-    def _collect(self, out: _Out) -> None:
-        for rid, text, _ in out.deltas:
-            self.text[rid] = self.text.get(rid, "") + text
-        for rid, reason, prompt, completion, error in out.done:
-            self.done[rid] = (reason, prompt, completion, error)
 
 
 def _answer(worker: _Worker, job: dict[str, Any]) -> tuple[str, tuple[str, int, int, Any]]:

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from worker_driver import Run, step_worker
 
 from edge_agent.engine._types import GenerationRequest, Message
-from edge_agent.engine._worker import _Out, _Worker
+from edge_agent.engine._worker import _Worker
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
 PROMPTS = [
@@ -27,54 +28,12 @@ TOKENS = 24
 
 
 def _worker(regroup_max_tokens: int = 16, max_batch_size: int = 16) -> _Worker:
-    spec: dict[str, Any] = {
-        "model_dir": str(DEMO),
-        "providers": ["cpu"],
-        "provider_options": {},
-        "intra_op_threads": 1,
-        "thread_spinning": False,
-        "lanes": 3,
-        "max_batch_size": max_batch_size,
-        "regroup_max_tokens": regroup_max_tokens,
-    }
-    return _Worker(None, spec)  # type: ignore[arg-type]  # the pipe is never used here
+    return step_worker(DEMO, regroup_max_tokens=regroup_max_tokens, max_batch_size=max_batch_size)
 
 
 def _job(prompt: str, **extra: Any) -> dict[str, Any]:
     fields: dict[str, Any] = {"max_tokens": TOKENS, "min_tokens": TOKENS} | extra
     return GenerationRequest(messages=(Message("user", prompt),), **fields).to_job()
-
-
-class Run:
-    """Collects what the worker would have sent to the daemon."""
-
-    def __init__(self, worker: _Worker) -> None:
-        self.worker = worker
-        self.text: dict[int, str] = {}
-        self.done: dict[int, tuple[str, int, int, Any]] = {}
-
-    def submit(self, rid: int, job: dict[str, Any]) -> None:
-        out = _Out()
-        self.worker.submit(rid, job, out)
-        self._collect(out)
-
-    def advance(self) -> None:
-        out = _Out()
-        self.worker.advance(out)
-        self._collect(out)
-
-    def finish(self, limit: int = 2000) -> None:
-        for _ in range(limit):
-            if not self.worker.where and not self.worker.waiting:
-                return
-            self.advance()
-        raise AssertionError("the worker did not finish its requests")
-
-    def _collect(self, out: _Out) -> None:
-        for rid, text, _ in out.deltas:
-            self.text[rid] = self.text.get(rid, "") + text
-        for rid, reason, prompt, completion, error in out.done:
-            self.done[rid] = (reason, prompt, completion, error)
 
 
 def _alone(worker: _Worker, prompts: list[str]) -> dict[int, str]:
