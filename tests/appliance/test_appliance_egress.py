@@ -26,6 +26,7 @@ from bundle_fixtures import Fleet, signed_model_archive
 from daemon_harness import DEMO_MODEL
 from sealed_net import SealedNet, fresh_namespace, missing_tools, prove_sink_sees
 
+from edge_agent._offline import PHONE_HOME_SWITCHES
 from edge_agent._operator_cli import OperatorTarget
 from edge_agent.bundles._push_client import push_archive
 from edge_agent.client import ChatOptions, Client
@@ -60,6 +61,14 @@ def _config(folder: Path, port: int, *, air_gapped: bool) -> Path:
         f"[policy]\nair_gapped = {'true' if air_gapped else 'false'}\n"
     )
     return path
+
+
+def _box_environment(home: Path) -> dict[str, str]:
+    """The environment of a daemon on a box: onnxruntime's telemetry keeps quiet on a CI
+    runner (CI=true, a moved XDG cache: seen here), so those go, or this proof would pass
+    even without our switches (the daemon and worker set them themselves)."""
+    quiet = {"CI", "XDG_CACHE_HOME", *PHONE_HOME_SWITCHES}
+    return {k: v for k, v in os.environ.items() if k not in quiet} | {"HOME": str(home)}
 
 
 def _wait_serving(admin: str, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -123,7 +132,7 @@ def test_daemons_send_nothing_out_air_gapped_or_not(sealed: SealedNet, tmp_path:
                     [*sealed.enter, EDGE_AGENT, "serve", "--config", str(path)],
                     stdout=out,
                     stderr=out,
-                    env={**os.environ, "HOME": str(home)},
+                    env=_box_environment(home),
                 )
         started = time.monotonic()
         for name in boxes:
@@ -178,9 +187,11 @@ def test_onnxruntime_telemetry_is_real_and_the_seal_stops_it(tmp_path: Path) -> 
         if os.environ.get("CI"):
             pytest.fail(f"the egress proof cannot run here: {reason}")
         pytest.skip(reason)
-    # A fresh HOME each, as on a new box: onnxruntime keeps its event queue and upload state
+    # As on a box, not a CI runner: the telemetry stays quiet when the environment says CI
+    # (CI=true) or moves the cache (XDG_CACHE_HOME) (both seen here), and our own switches are
+    # what is under test. A fresh HOME each: onnxruntime keeps its event queue and upload state
     # under $HOME/.cache/Microsoft, and a queue from earlier runs may hold back its uploads.
-    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    env = _box_environment(tmp_path)
     homes = {mode: tmp_path / f"home-{mode}" for mode in ("open", "sealed")}
     for home in homes.values():
         home.mkdir()
@@ -193,7 +204,7 @@ def test_onnxruntime_telemetry_is_real_and_the_seal_stops_it(tmp_path: Path) -> 
         runs = [
             subprocess.Popen(
                 [*net.enter, sys.executable, "-c", CONTROL, mode, str(DEMO_MODEL), "30"],
-                env={**env, "HOME": str(homes[mode])},
+                env=env | {"HOME": str(homes[mode])},
             )
             for mode, net in (("open", open_net), ("sealed", sealed_net))
         ]
