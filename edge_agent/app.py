@@ -15,7 +15,7 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,24 @@ def _settle_heap() -> None:
     gc.collect()
     gc.freeze()
     _log.debug("%d objects frozen out of garbage collection", gc.get_freeze_count())
+
+
+class _WorkerCount:
+    """A counter in the worker's stats, turned into increments for Prometheus.
+
+    The worker counts from zero, and a new worker (restart, activation) starts again.
+    """
+
+    def __init__(self, key: str) -> None:
+        self._key = key
+        self._seen = 0
+
+    def since_last(self, stats: Mapping[str, Any]) -> int:
+        now = int(stats.get(self._key, 0))
+        if now < self._seen:
+            self._seen = 0
+        added, self._seen = now - self._seen, now
+        return added
 
 
 class Agent:
@@ -192,7 +210,8 @@ class Agent:
         self._stop_requested = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._restarts_seen = 0
-        self._regrouped_seen = 0
+        self._worker_regrouped = _WorkerCount("regrouped")
+        self._worker_prefill_chunks = _WorkerCount("prefill_chunks")
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a side task; the loop keeps only weak references, so we hold one until done."""
@@ -317,12 +336,11 @@ class Agent:
             for _ in range(status.restarts - self._restarts_seen):
                 self.metrics.engine_restarted()
             self._restarts_seen = status.restarts
-        # The worker counts from zero; a new worker (restart, activation) starts again.
-        regrouped = int(status.worker_stats.get("regrouped", 0))
-        if regrouped < self._regrouped_seen:
-            self._regrouped_seen = 0
-        self.metrics.engine_regrouped(regrouped - self._regrouped_seen)
-        self._regrouped_seen = regrouped
+        stats = status.worker_stats
+        self.metrics.engine_regrouped(self._worker_regrouped.since_last(stats))
+        self.metrics.engine_prefill(
+            self._worker_prefill_chunks.since_last(stats), int(stats.get("prefilling", 0))
+        )
         if not self._stopping:
             self.notifier.status(self.status_line())
             self._announce(pressure=snapshot.level.label)

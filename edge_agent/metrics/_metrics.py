@@ -90,6 +90,16 @@ class Metrics:
             "Running requests moved into a fresh lane's batch (a burst batched as one).",
             registry=r,
         )
+        self._prefill_chunks = Counter(
+            _P + "engine_prefill_chunks",
+            "Prompt chunks read between other streams' steps (chunked prefill).",
+            registry=r,
+        )
+        self._prefilling = Gauge(
+            _P + "engine_prefilling_requests",
+            "Requests whose long prompt is being read in chunks now.",
+            registry=r,
+        )
         self._escalations = Counter(
             _P + "escalations", "Requests sent to the cloud instead of the box.", ["reason"],
             registry=r,
@@ -178,6 +188,12 @@ class Metrics:
     def engine_regrouped(self, requests: int) -> None:
         if requests > 0:
             self._regrouped.inc(requests)
+
+    def engine_prefill(self, chunks: int, prefilling: int) -> None:
+        """Chunks read since the last sample, and requests being prefilled now."""
+        if chunks > 0:
+            self._prefill_chunks.inc(chunks)
+        self._prefilling.set(prefilling)
 
     def escalated(self, reason: str) -> None:
         """A request went to the cloud; ``reason`` like ``pressure``, ``queue_full``."""

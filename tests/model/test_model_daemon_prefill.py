@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 import tomllib
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -90,3 +92,20 @@ def test_a_long_prompt_is_chunked_by_the_daemon_and_answers_as_read_whole(
     after = daemon.call(daemon.agent.engine.probe())
     assert after["prefill_chunks"] - before == math.ceil(prompt / CHUNK)
     assert after["active"] == after["prefilling"] == 0
+    # The same count reaches /metrics with the next pressure sample.
+    port = daemon.agent.metrics_port
+    assert port is not None
+    wanted = after["prefill_chunks"]
+    deadline = time.monotonic() + 15
+    while True:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        exported = [
+            float(line.split()[-1])
+            for line in text.decode().splitlines()
+            if line.startswith("edge_agent_engine_prefill_chunks_total ")
+        ]
+        if exported and exported[0] >= wanted:
+            break
+        assert time.monotonic() < deadline, f"metrics show {exported}, the worker {wanted}"
+        time.sleep(0.2)
+    assert exported == [float(wanted)]

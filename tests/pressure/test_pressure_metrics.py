@@ -56,6 +56,8 @@ async def test_endpoint_families_present_and_values_moving(tmp_path: Path) -> No
             "edge_agent_token_latency_seconds",
             "edge_agent_engine_restarts",
             "edge_agent_engine_regrouped_requests",
+            "edge_agent_engine_prefill_chunks",
+            "edge_agent_engine_prefilling_requests",
             "edge_agent_escalations",
             "edge_agent_budget_used_tokens",
             "edge_agent_budget_used_usd",
@@ -82,6 +84,8 @@ async def test_endpoint_families_present_and_values_moving(tmp_path: Path) -> No
         metrics.engine_restarted()
         metrics.engine_regrouped(3)
         metrics.engine_regrouped(0)
+        metrics.engine_prefill(5, 1)
+        metrics.engine_prefill(0, 0)
         metrics.escalated("pressure")
         metrics.set_budget(1234, 0.56)
         metrics.set_connectivity("online")
@@ -134,6 +138,8 @@ async def test_endpoint_families_present_and_values_moving(tmp_path: Path) -> No
         assert value(samples, "edge_agent_token_latency_seconds_count", destination="cloud") == 1
         assert value(samples, "edge_agent_engine_restarts_total") == 1
         assert value(samples, "edge_agent_engine_regrouped_requests_total") == 3
+        assert value(samples, "edge_agent_engine_prefill_chunks_total") == 5
+        assert value(samples, "edge_agent_engine_prefilling_requests") == 0
         assert value(samples, "edge_agent_escalations_total", reason="pressure") == 1
         assert value(samples, "edge_agent_budget_used_usd") == 0.56
         assert value(samples, "edge_agent_connectivity_state", state="offline") == 1
