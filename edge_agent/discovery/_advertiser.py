@@ -50,7 +50,8 @@ def advertised_endpoint(
     single-host set-up, or a test). None when nothing is reachable.
     """
     wanted = {ipaddress.ip_address(a) for a in interfaces}
-    own = {ipaddress.ip_address(a) for a in local} | wanted
+    host_has = {ipaddress.ip_address(a) for a in local}
+    own = host_has | wanted
     for address in listen:
         if address.startswith("unix:"):
             continue
@@ -62,9 +63,7 @@ def advertised_endpoint(
         if ip.is_unspecified:
             # Only the host's real addresses: [discovery] interfaces filters them below.
             reachable = [
-                a
-                for a in map(ipaddress.ip_address, local)
-                if not a.is_loopback and (ip.version == 6 or a.version == 4)
+                a for a in host_has if not a.is_loopback and (ip.version == 6 or a.version == 4)
             ]
         else:
             reachable = [ip] if ip in own else []

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 SINK_SCRIPT = Path(__file__).with_name("egress_sink.py")
 GATEWAY = "10.253.0.53"
 ADDRESS = "10.253.0.1/24"
@@ -33,6 +35,16 @@ def missing_tools() -> str | None:
     if shutil.which("ip") is None or shutil.which("nsenter") is None:
         return "iproute2 and util-linux (ip, nsenter) are needed"
     return None
+
+
+def require(reason: str | None, what: str) -> None:
+    """Go on when ``reason`` is None; else skip, or in CI fail with the reason: a proof that
+    silently skips there proves nothing."""
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} cannot run here: {reason}")
+    pytest.skip(reason)
 
 
 def _run(cmd: Sequence[str]) -> str:

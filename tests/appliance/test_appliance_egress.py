@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from bundle_fixtures import Fleet, signed_model_archive
 from daemon_harness import DEMO_MODEL
-from sealed_net import SealedNet, fresh_namespace, missing_tools, prove_sink_sees
+from sealed_net import SealedNet, fresh_namespace, missing_tools, prove_sink_sees, require
 
 from edge_agent._offline import PHONE_HOME_SWITCHES
 from edge_agent._operator_cli import OperatorTarget
@@ -41,11 +41,7 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture
 def sealed() -> Iterator[SealedNet]:
-    reason = missing_tools()
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"the egress proof cannot run here: {reason}")
-        pytest.skip(reason)
+    require(missing_tools(), "the egress proof")
     with fresh_namespace() as net:
         yield net
 
@@ -182,11 +178,7 @@ time.sleep(float(sys.argv[3]))
 def test_onnxruntime_telemetry_is_real_and_the_seal_stops_it(tmp_path: Path) -> None:
     """Telemetry switched ON on purpose: unsealed it reaches the sink; the seccomp seal alone
     (without the environment switch) keeps it in."""
-    reason = missing_tools()
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"the egress proof cannot run here: {reason}")
-        pytest.skip(reason)
+    require(missing_tools(), "the egress proof")
     # As on a box, not a CI runner: the telemetry stays quiet when the environment says CI
     # (CI=true) or moves the cache (XDG_CACHE_HOME) (both seen here), and our own switches are
     # what is under test. A fresh HOME each: onnxruntime keeps its event queue and upload state
