@@ -44,8 +44,8 @@ from edge_agent.inference import InferenceService
 from edge_agent.logsetup import handle_loop_exception
 from edge_agent.metrics import Metrics, MetricsServer
 from edge_agent.openai_api import HttpAuth, HttpServer, ModelEntry, build_app, needs_tls
+from edge_agent.policy import BudgetLedger, PolicyDocument, PolicyStore
 from edge_agent.pressure import AdmissionController, PressureMonitor, PressureSnapshot
-from edge_agent.router import BudgetLedger, PolicyDocument, PolicyStore
 from edge_agent.routing import ChatRouter
 from edge_agent.rpc.auth import AuthInterceptor, MethodRoles
 from edge_agent.rpc.bundles_api import BundlesApi

@@ -1,10 +1,10 @@
 """Where a chat runs: the decision, the local or cloud stream, failover, budget and audit.
 
-Every request goes through :func:`edge_agent.router.decide` (a pure function) with the live
+Every request goes through :func:`edge_agent.policy.decide` (a pure function) with the live
 pressure, connectivity, effective policy, budget and the router's catalog. Local is the
 default; the cloud is used only when the local path cannot serve well and everything
 permits. A client deadline is budgeted: the cloud may use only what the deadline leaves
-after a local answer's measured cost (:class:`edge_agent.router.LocalPace`), so a late or
+after a local answer's measured cost (:class:`edge_agent.policy.LocalPace`), so a late or
 silent cloud still ends in a local answer in time. A cloud failure before the first token
 falls back to local; a cut mid-stream continues locally from the text so far or ends with a
 clear status (``cloud.failover``).
@@ -57,8 +57,7 @@ from edge_agent.credentials import CredentialStore
 from edge_agent.errors import EdgeAgentError, InvalidArgument, ResourceExhausted
 from edge_agent.inference import InferenceService, estimate_prompt_tokens
 from edge_agent.metrics import Metrics
-from edge_agent.pressure import AdmissionController, PressureMonitor
-from edge_agent.router import (
+from edge_agent.policy import (
     LOCAL_CAN_ANSWER,
     BudgetLedger,
     BudgetView,
@@ -74,6 +73,7 @@ from edge_agent.router import (
     decide,
     merge_policy,
 )
+from edge_agent.pressure import AdmissionController, PressureMonitor
 
 __all__ = ["ChatRouter"]
 

@@ -28,7 +28,7 @@ from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
 from edge_agent._proto.edge_agent.v1 import inference_pb2_grpc as pb_grpc
 from edge_agent.audit import AuditLog, AuditRecord
 from edge_agent.client import ChatChunk, ChatOptions, Client, DataClass, RoutePreference
-from edge_agent.router import (
+from edge_agent.policy import (
     MIN_CLOUD_WINDOW_S,
     BudgetLedger,
     Budgets,
