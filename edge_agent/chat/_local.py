@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
-from edge_agent.chat import CallContext, ChatChunk, ChatSpec, Provenance, Timing, Usage
+from edge_agent.chat._types import CallContext, ChatChunk, ChatSpec, Provenance, Timing, Usage
 from edge_agent.engine import (
     Delta,
     EngineSupervisor,
@@ -30,7 +30,7 @@ from edge_agent.pressure import (
 )
 from edge_agent.toolcalls import ToolCallReader, compact_guidance, forced_call_schema, is_forced
 
-__all__ = ["InferenceService", "estimate_prompt_tokens"]
+__all__ = ["LocalChat", "estimate_prompt_tokens"]
 
 # A BPE token is rarely shorter than 2 characters of English; erring high is the safe side
 # for memory admission. The worker counts the real number.
@@ -59,7 +59,7 @@ def _guidance(spec: ChatSpec) -> str | None:
     return None
 
 
-class InferenceService:
+class LocalChat:
     """Local chat on the supervised engine."""
 
     def __init__(

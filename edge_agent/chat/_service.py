@@ -29,7 +29,8 @@ from decimal import Decimal
 from typing import NoReturn, TypeVar
 
 from edge_agent.audit import AuditAttempt, AuditEntry, AuditLog
-from edge_agent.chat import (
+from edge_agent.chat._local import LocalChat, estimate_prompt_tokens
+from edge_agent.chat._types import (
     CallContext,
     ChatChunk,
     ChatSpec,
@@ -55,7 +56,6 @@ from edge_agent.cloud import (
 from edge_agent.cloud import Usage as CloudUsage
 from edge_agent.credentials import CredentialStore
 from edge_agent.errors import EdgeAgentError, InvalidArgument, ResourceExhausted
-from edge_agent.inference import InferenceService, estimate_prompt_tokens
 from edge_agent.metrics import Metrics
 from edge_agent.policy import (
     LOCAL_CAN_ANSWER,
@@ -75,7 +75,7 @@ from edge_agent.policy import (
 )
 from edge_agent.pressure import AdmissionController, PressureMonitor
 
-__all__ = ["ChatRouter"]
+__all__ = ["ChatService"]
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -152,13 +152,13 @@ async def _shielded(fn: Callable[[], _T]) -> _T:
     return await asyncio.shield(future)
 
 
-class ChatRouter:
+class ChatService:
     """Decides and runs each chat; the API layer calls :meth:`chat`."""
 
     def __init__(
         self,
         *,
-        local: InferenceService,
+        local: LocalChat,
         admission: AdmissionController,
         pressure: PressureMonitor,
         policies: PolicyStore,
