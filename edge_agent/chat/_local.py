@@ -13,7 +13,15 @@ import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
-from edge_agent.chat._types import CallContext, ChatChunk, ChatSpec, Provenance, Timing, Usage
+from edge_agent.chat._types import (
+    CallContext,
+    ChatChunk,
+    ChatSpec,
+    Provenance,
+    Timing,
+    Usage,
+    estimate_prompt_tokens,
+)
 from edge_agent.engine import (
     Delta,
     EngineSupervisor,
@@ -30,23 +38,9 @@ from edge_agent.pressure import (
 )
 from edge_agent.toolcalls import ToolCallReader, compact_guidance, forced_call_schema, is_forced
 
-__all__ = ["LocalChat", "estimate_prompt_tokens"]
+__all__ = ["LocalChat"]
 
-# A BPE token is rarely shorter than 2 characters of English; erring high is the safe side
-# for memory admission. The worker counts the real number.
-_CHARS_PER_TOKEN_LOW = 2
-_TEMPLATE_TOKENS = 8
 _NO_CONTEXT = CallContext()
-
-
-def estimate_prompt_tokens(spec: ChatSpec) -> int:
-    chars = sum(
-        len(m.content) + sum(len(c.name) + len(c.arguments) for c in m.tool_calls)
-        for m in spec.messages
-    )
-    # Tool definitions are rendered into the prompt too.
-    chars += sum(len(t.name) + len(t.description) + len(t.parameters_json) for t in spec.tools)
-    return chars // _CHARS_PER_TOKEN_LOW + _TEMPLATE_TOKENS * (len(spec.messages) + len(spec.tools))
 
 
 def _guidance(spec: ChatSpec) -> str | None:

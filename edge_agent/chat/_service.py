@@ -29,8 +29,9 @@ from decimal import Decimal
 from typing import NoReturn, TypeVar
 
 from edge_agent.audit import AuditAttempt, AuditEntry, AuditLog
-from edge_agent.chat._local import LocalChat, estimate_prompt_tokens
+from edge_agent.chat._local import LocalChat
 from edge_agent.chat._types import (
+    TYPICAL_CHARS_PER_TOKEN,
     CallContext,
     ChatChunk,
     ChatSpec,
@@ -39,9 +40,9 @@ from edge_agent.chat._types import (
     RoutePreference,
     Timing,
     Usage,
+    estimate_prompt_tokens,
 )
 from edge_agent.cloud import (
-    ChatMessage,
     CloudAttempt,
     CloudChatRequest,
     CloudConfig,
@@ -53,7 +54,6 @@ from edge_agent.cloud import (
     failover_stream,
     parse_model_ref,
 )
-from edge_agent.cloud import Usage as CloudUsage
 from edge_agent.credentials import CredentialStore
 from edge_agent.errors import EdgeAgentError, InvalidArgument, ResourceExhausted
 from edge_agent.metrics import Metrics
@@ -252,8 +252,8 @@ class ChatService:
     def _decide(self, spec: ChatSpec, call: CallContext, now: datetime) -> Decision:
         policy = self.effective_policy()
         context = self._local.context_length()
-        # A typical BPE token is ~4 characters: the routing estimate; admission errs higher.
-        prompt = sum(len(m.content) for m in spec.messages) // 4 + 8 * len(spec.messages)
+        # The routing estimate takes a typical token; admission's errs high.
+        prompt = estimate_prompt_tokens(spec, TYPICAL_CHARS_PER_TOKEN)
         default_max = max(context - prompt, 1) if context else _CLOUD_DEFAULT_MAX_TOKENS
         snapshot = self._pressure.snapshot
         level = snapshot.level.label if snapshot is not None else "ok"
@@ -401,9 +401,7 @@ class ChatService:
         ref = f"{model}:{decision.cloud_provider}" if decision.cloud_provider else model
         # Built before the reservation: a request it refuses must not leave one open.
         request = CloudChatRequest(
-            messages=tuple(
-                ChatMessage(m.role, m.content, m.tool_calls, m.tool_call_id) for m in spec.messages
-            ),
+            messages=spec.messages,
             model=ref,
             max_tokens=spec.max_tokens or _CLOUD_DEFAULT_MAX_TOKENS,
             temperature=spec.temperature,
@@ -453,7 +451,7 @@ class ChatService:
 
         t0 = time.perf_counter()
         t_first: float | None = None
-        cloud_usage: CloudUsage | None = None
+        cloud_usage: Usage | None = None
         served_by = ("", "")
         cloud = self._cloud.stream_chat(request, timeout_s=remaining, attempt=attempt)
         stream = failover_stream(
@@ -550,7 +548,7 @@ class ChatService:
         leg: _Leg,
         attempt: CloudAttempt,
         reservation: Reservation,
-        usage: CloudUsage | None,
+        usage: Usage | None,
         spec: ChatSpec,
     ) -> None:
         """Settle or release the reservation by what reached the provider, and say so."""
@@ -574,7 +572,7 @@ class ChatService:
             tokens, usd = reservation.tokens, reservation.usd
         await _shielded(functools.partial(self._ledger.settle, reservation, tokens=tokens, usd=usd))
 
-    def _price(self, usage: CloudUsage, model: str, provider: str) -> float:
+    def _price(self, usage: Usage, model: str, provider: str) -> float:
         price = None
         catalog = self._connectivity.catalog if self._connectivity is not None else None
         if catalog is not None:

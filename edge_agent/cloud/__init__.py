@@ -51,20 +51,12 @@ from edge_agent.cloud._models import (
     parse_model_ref,
     parse_models_response,
 )
-from edge_agent.cloud._types import (
-    ChatMessage,
-    CloudAttempt,
-    CloudChatRequest,
-    Source,
-    StreamChunk,
-    Usage,
-)
+from edge_agent.cloud._types import CloudAttempt, CloudChatRequest, Source, StreamChunk
 
 __all__ = [
     "DEFAULT_BASE_URL",
     "POLICIES",
     "BreakerState",
-    "ChatMessage",
     "CircuitBreaker",
     "CloudAttempt",
     "CloudAuthError",
@@ -103,7 +95,6 @@ __all__ = [
     "Source",
     "StreamChunk",
     "TokenProvider",
-    "Usage",
     "cost_usd",
     "failover_stream",
     "parse_cloud_config",
