@@ -38,7 +38,7 @@ from edge_agent.cloud._errors import (
     CloudStreamInterrupted,
     CloudTimeout,
 )
-from edge_agent.cloud._failover import FailoverEvent, LocalStreamFactory, failover_stream
+from edge_agent.cloud._failover import Chunk, FailoverEvent, LocalStreamFactory, failover_stream
 from edge_agent.cloud._models import (
     POLICIES,
     ModelCatalog,
@@ -57,6 +57,7 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "POLICIES",
     "BreakerState",
+    "Chunk",
     "CircuitBreaker",
     "CloudAttempt",
     "CloudAuthError",
