@@ -29,7 +29,13 @@ from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
 from edge_agent.audit import AuditLog
 from edge_agent.bundles import BundleManager, InboxWatcher
 from edge_agent.chat import CallContext, ChatChunk, ChatSpec
-from edge_agent.chat.service import ChatService, LocalChat
+from edge_agent.chat.service import (
+    AuditRecorder,
+    ChatService,
+    CloudRoute,
+    LocalChat,
+    PolicySource,
+)
 from edge_agent.cloud import ConnectivityMonitor, ConnectivitySnapshot, RouterClient
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.credentials import CredentialStore
@@ -169,18 +175,15 @@ class Agent:
         self.connectivity = ConnectivityMonitor(self.cloud, on_change=self._on_connectivity)
         self.chat_path = ChatService(
             local=self.inference,
-            admission=self.admission,
-            pressure=self.pressure,
-            policies=self.policies,
-            overrides=config.policy.overrides,
-            credentials=self.credentials,
-            ledger=self.ledger,
-            audit=self.audit,
-            metrics=self.metrics,
-            cloud=self.cloud,
-            connectivity=self.connectivity,
-            cloud_config=config.cloud,
-            include_prompts=config.audit.include_prompts,
+            policy=PolicySource(self.policies, config.policy.overrides, self.credentials.info),
+            cloud=CloudRoute(
+                client=self.cloud,
+                connectivity=self.connectivity,
+                config=config.cloud,
+                ledger=self.ledger,
+                metrics=self.metrics,
+            ),
+            audit=AuditRecorder(self.audit, include_prompts=config.audit.include_prompts),
         )
         self.bundles = BundleManager(
             config.bundles, state_dir=config.paths.state_dir, host=self.engine, audit=self.audit

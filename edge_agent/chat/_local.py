@@ -12,6 +12,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Protocol
 
 from edge_agent.chat._types import (
     CallContext,
@@ -24,13 +25,16 @@ from edge_agent.chat._types import (
 )
 from edge_agent.engine import (
     Delta,
-    EngineSupervisor,
+    EngineInfo,
     Finished,
+    GenerationEvent,
     GenerationRequest,
+    ModelIdentity,
     Started,
 )
 from edge_agent.errors import EdgeAgentError, InvalidArgument
 from edge_agent.metrics import Metrics
+from edge_agent.policy import PressureView
 from edge_agent.pressure import (
     AdmissionController,
     estimate_request_bytes,
@@ -38,9 +42,23 @@ from edge_agent.pressure import (
 )
 from edge_agent.toolcalls import ToolCallReader, compact_guidance, forced_call_schema, is_forced
 
-__all__ = ["LocalChat"]
+__all__ = ["LocalChat", "LocalEngine"]
 
 _NO_CONTEXT = CallContext()
+# A rough per-request hold time for the queue-wait estimate; admission measures the real one.
+_QUEUE_SECONDS_PER_WAITER = 2.0
+
+
+class LocalEngine(Protocol):
+    """What the local leg needs of the engine (the daemon's ``EngineSupervisor``)."""
+
+    @property
+    def model(self) -> ModelIdentity: ...
+
+    @property
+    def info(self) -> EngineInfo | None: ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]: ...
 
 
 def _guidance(spec: ChatSpec) -> str | None:
@@ -58,7 +76,7 @@ class LocalChat:
 
     def __init__(
         self,
-        engine: EngineSupervisor,
+        engine: LocalEngine,
         *,
         admission: AdmissionController | None = None,
         metrics: Metrics | None = None,
@@ -71,8 +89,27 @@ class LocalChat:
         self._kv_per_token: tuple[str, int] | None = None
 
     @property
-    def engine(self) -> EngineSupervisor:
+    def engine(self) -> LocalEngine:
         return self._engine
+
+    @property
+    def admission(self) -> AdmissionController | None:
+        return self._admission
+
+    def route_view(self, spec: ChatSpec) -> tuple[PressureView, float]:
+        """What routing asks of the local side: the pressure level, whether admission could
+        take ``spec`` now, and the expected queue wait in seconds."""
+        if self._admission is None:
+            return PressureView(level="ok", local_admissible=True), 0.0
+        snapshot = self._admission.snapshot()
+        level = snapshot.level.label if snapshot is not None else "ok"
+        room = self._admission.room_bytes()
+        cost = self.estimate_cost_bytes(spec)
+        view = PressureView(
+            level=level,  # type: ignore[arg-type]
+            local_admissible=level != "critical" and (room is None or cost <= room),
+        )
+        return view, self._admission.stats.queued * _QUEUE_SECONDS_PER_WAITER
 
     def context_length(self) -> int:
         info = self._engine.info

@@ -4,8 +4,21 @@ Kept out of :mod:`edge_agent.chat` itself, whose types the client SDK imports wi
 engine, the cloud client or the policy.
 """
 
-from edge_agent.chat._local import LocalChat
-from edge_agent.chat._service import ChatService
+from edge_agent.chat._cloud import CloudLeg, CloudRoute
+from edge_agent.chat._local import LocalChat, LocalEngine
+from edge_agent.chat._record import AuditRecorder, LegRecord, Outcome
+from edge_agent.chat._service import ChatService, PolicySource
 from edge_agent.chat._types import estimate_prompt_tokens
 
-__all__ = ["ChatService", "LocalChat", "estimate_prompt_tokens"]
+__all__ = [
+    "AuditRecorder",
+    "ChatService",
+    "CloudLeg",
+    "CloudRoute",
+    "LegRecord",
+    "LocalChat",
+    "LocalEngine",
+    "Outcome",
+    "PolicySource",
+    "estimate_prompt_tokens",
+]

@@ -229,6 +229,10 @@ class AdmissionController:
         del snapshot  # read through the ``snapshot`` callable like every other decision
         self._pump()
 
+    def snapshot(self) -> PressureSnapshot | None:
+        """The pressure snapshot admission decides by (routing reads the same one)."""
+        return self._snapshot()
+
     def memory_room_bytes(self) -> int | None:
         """Free memory beyond the reserve and what admitted requests still hold: what a model
         being trial-loaded beside the active one may take. ``None`` when not measured."""
