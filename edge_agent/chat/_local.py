@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Protocol
@@ -39,6 +38,7 @@ from edge_agent.pressure import (
     AdmissionController,
     estimate_request_bytes,
     kv_bytes_per_token_from_genai_config,
+    read_genai_config,
 )
 from edge_agent.toolcalls import ToolCallReader, compact_guidance, forced_call_schema, is_forced
 
@@ -123,7 +123,7 @@ class LocalChat:
             # CPU keeps the KV cache in fp32 for int4 models; accelerators in fp16.
             element = 4 if info is None or info.execution_provider == "cpu" else 2
             try:
-                config = json.loads((model.model_dir / "genai_config.json").read_text())
+                config = read_genai_config(model.model_dir)
                 per_token = kv_bytes_per_token_from_genai_config(config, element)
             except (OSError, ValueError, KeyError, TypeError):
                 per_token = model.kv_bytes_per_token
