@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from pathlib import Path
 
@@ -32,9 +33,12 @@ from edge_agent.chat import (
     DataClass,
     Message,
     RoutePreference,
+    ToolCall,
+    ToolSpec,
     Usage,
 )
 from edge_agent.cloud import CloudStreamInterrupted
+from edge_agent.errors import InvalidArgument
 
 HELLO = (Message("user", "Tell me about tides."),)
 # Public data asking for the large model: the policy sends it to the cloud.
@@ -279,3 +283,61 @@ async def test_cancelling_a_local_answer_stops_the_generation_and_frees_admissio
         assert path.admission.stats.active == 0
         (local,) = attempts(path)
         assert (local["destination"], local["outcome"]) == ("local", "cancelled")
+
+
+async def test_a_cloud_tool_call_reaches_the_client_whole_with_finish_reason_tool_calls(
+    tmp_path: Path,
+) -> None:
+    weather = ToolSpec("get_weather", "Weather of a city", '{"type": "object"}')
+
+    def call(**fields: object) -> dict[str, object]:
+        return {"index": 0, **fields}
+
+    head = call(id="abcDEF123", type="function", function={"name": "get_weather"})
+    frames = [
+        {"index": 0, "delta": {"tool_calls": [head]}, "finish_reason": None},
+        {"index": 0, "delta": {"tool_calls": [call(function={"arguments": '{"city":'})]}},
+        {"index": 0, "delta": {"tool_calls": [call(function={"arguments": ' "Oslo"}'})]}},
+        {"index": 0, "delta": {}, "finish_reason": "tool_calls"},
+    ]
+    events: list[dict[str, object] | str] = [
+        {"id": "c", "model": CLOUD_MODEL, "choices": [frame]} for frame in frames
+    ]
+    stream = ScriptedStream([*events, "[DONE]"])
+    spec = dataclasses.replace(TO_CLOUD, tools=(weather,), tool_choice="required")
+    async with chat_path(tmp_path) as path:
+        path.cloud.chat = answering(stream)  # type: ignore[assignment]
+        chunks = await path.run(spec)
+
+        body = json.loads(path.cloud.chats[0].content)
+        assert body["tools"][0]["function"]["name"] == "get_weather"
+        assert body["tool_choice"] == "required"
+        final = chunks[-1]
+        assert final.finish_reason == "tool_calls"
+        assert final.tool_calls == (ToolCall("abcDEF123", "get_weather", '{"city": "Oslo"}'),)
+        assert final.provenance is not None
+        assert final.provenance.destination == "cloud"
+        # No usage report: billed (and audited) at the worst case.
+        assert path.reserved() == 0
+        (cloud,) = attempts(path)
+        assert cloud["usage"] == "worst_case"
+
+
+async def test_an_answer_longer_than_the_context_is_refused_by_the_local_leg_naming_the_field(
+    tmp_path: Path,
+) -> None:
+    async with chat_path(tmp_path) as path:
+        assert path.engine.info is not None
+        context = path.engine.info.context_length
+        too_long = ChatSpec(messages=HELLO, max_tokens=context)
+
+        with pytest.raises(InvalidArgument) as caught:
+            await path.run(too_long)
+
+        assert caught.value.field == "max_tokens"
+        assert str(context) in str(caught.value)
+        assert path.engine.requests == [], "refused before the engine"
+        assert path.cloud.chats == [], "restricted by default: the cloud may not take it"
+        (record,) = path.audit.records()
+        assert record.reason == "reject.context_exceeded_and_data_class_local_only"
+        assert [a["outcome"] for a in record.attempt_list()] == ["invalid_argument"]
