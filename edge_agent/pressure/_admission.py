@@ -241,10 +241,6 @@ class AdmissionController:
         del snapshot  # read through the ``snapshot`` callable like every other decision
         self._pump()
 
-    def snapshot(self) -> PressureSnapshot | None:
-        """The pressure snapshot admission decides by (routing reads the same one)."""
-        return self._snapshot()
-
     def memory_room_bytes(self) -> int | None:
         """Free memory beyond the reserve and what admitted requests still hold: what a model
         being trial-loaded beside the active one may take. ``None`` when not measured."""
@@ -259,6 +255,10 @@ class AdmissionController:
     def room_bytes(self) -> int | None:
         """What a new request may use now; ``None`` when nothing limits it but concurrency."""
         return self._room(self._snapshot(), idle=False)
+
+    def snapshot(self) -> PressureSnapshot | None:
+        """The pressure snapshot admission decides by (routing reads the same one)."""
+        return self._snapshot()
 
     @contextlib.asynccontextmanager
     async def admit(
