@@ -20,6 +20,7 @@ import pytest
 from chat_path_parts import (
     CLOUD_MODEL,
     ChatPath,
+    Handler,
     ScriptedStream,
     chat_path,
     completion,
@@ -55,7 +56,7 @@ def text(chunks: list[ChatChunk]) -> str:
     return "".join(c.delta for c in chunks)
 
 
-def answering(stream: ScriptedStream) -> object:
+def answering(stream: ScriptedStream) -> Handler:
     async def handler(request: httpx.Request) -> httpx.Response:
         return sse(stream)
 
@@ -98,7 +99,7 @@ async def test_escalation_the_policy_allows_runs_in_the_cloud_and_settles_its_us
         ]
     )
     async with chat_path(tmp_path) as path:
-        path.cloud.chat = answering(stream)  # type: ignore[assignment]
+        path.cloud.chat = answering(stream)
         chunks = await path.run(TO_CLOUD)
 
         assert text(chunks) == "Hello"
@@ -194,7 +195,7 @@ async def test_a_cloud_cut_after_the_first_token_continues_locally_after_the_tex
 ) -> None:
     stream = ScriptedStream([completion("The tide")], then="cut")
     async with chat_path(tmp_path) as path:
-        path.cloud.chat = answering(stream)  # type: ignore[assignment]
+        path.cloud.chat = answering(stream)
         chunks = await path.run(TO_CLOUD)
 
         assert text(chunks) == "The tidelocal answer"
@@ -216,7 +217,7 @@ async def test_a_cloud_cut_after_the_first_token_continues_locally_after_the_tex
 async def test_failover_mode_fail_ends_a_cut_answer_with_a_clear_error(tmp_path: Path) -> None:
     stream = ScriptedStream([completion("The tide")], then="cut")
     async with chat_path(tmp_path, failover="fail") as path:
-        path.cloud.chat = answering(stream)  # type: ignore[assignment]
+        path.cloud.chat = answering(stream)
         received: list[ChatChunk] = []
 
         async def client() -> None:
@@ -238,7 +239,7 @@ async def test_cancelling_a_cloud_answer_closes_the_connection_and_the_reservati
 ) -> None:
     stream = ScriptedStream([completion("Hi")], then="hang")
     async with chat_path(tmp_path) as path:
-        path.cloud.chat = answering(stream)  # type: ignore[assignment]
+        path.cloud.chat = answering(stream)
         first = asyncio.Event()
 
         async def client() -> None:
@@ -306,7 +307,7 @@ async def test_a_cloud_tool_call_reaches_the_client_whole_with_finish_reason_too
     stream = ScriptedStream([*events, "[DONE]"])
     spec = dataclasses.replace(TO_CLOUD, tools=(weather,), tool_choice="required")
     async with chat_path(tmp_path) as path:
-        path.cloud.chat = answering(stream)  # type: ignore[assignment]
+        path.cloud.chat = answering(stream)
         chunks = await path.run(spec)
 
         body = json.loads(path.cloud.chats[0].content)
