@@ -8,7 +8,6 @@ the others.
 from __future__ import annotations
 
 import enum
-import json
 import os
 import pwd
 import shutil
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from edge_agent.pressure import read_genai_config
 
 __all__ = [
     "CheckResult",
@@ -141,7 +142,7 @@ def check_model(model_dir: Path | None, verifier: Callable[[Path], None] | None)
         )
     config = model_dir / "genai_config.json"
     try:
-        doc = json.loads(config.read_text(encoding="utf-8"))
+        doc = read_genai_config(model_dir)
     except FileNotFoundError:
         return CheckResult(
             "model",
@@ -156,7 +157,7 @@ def check_model(model_dir: Path | None, verifier: Callable[[Path], None] | None)
             f"{config} is unreadable or not JSON ({type(exc).__name__})",
             "reinstall the model or bundle",
         )
-    model = doc.get("model") if isinstance(doc, dict) else None
+    model = doc.get("model")
     decoder = model.get("decoder") if isinstance(model, dict) else None
     if not isinstance(decoder, dict):
         return CheckResult(

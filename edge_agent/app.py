@@ -29,6 +29,13 @@ from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
 from edge_agent.audit import AuditLog
 from edge_agent.bundles import BundleManager, InboxWatcher
 from edge_agent.chat import CallContext, ChatChunk, ChatSpec
+from edge_agent.chat.service import (
+    AuditRecorder,
+    ChatService,
+    CloudRoute,
+    LocalChat,
+    PolicySource,
+)
 from edge_agent.cloud import ConnectivityMonitor, ConnectivitySnapshot, RouterClient
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.credentials import CredentialStore
@@ -40,13 +47,11 @@ from edge_agent.discovery import (
 )
 from edge_agent.engine import EngineSupervisor, identity_from_dir
 from edge_agent.errors import ConfigError, EdgeAgentError, Unavailable
-from edge_agent.inference import InferenceService
 from edge_agent.logsetup import handle_loop_exception
 from edge_agent.metrics import Metrics, MetricsServer
 from edge_agent.openai_api import HttpAuth, HttpServer, ModelEntry, build_app, needs_tls
+from edge_agent.policy import BudgetLedger, PolicyDocument, PolicyStore
 from edge_agent.pressure import AdmissionController, PressureMonitor, PressureSnapshot
-from edge_agent.router import BudgetLedger, PolicyDocument, PolicyStore
-from edge_agent.routing import ChatRouter
 from edge_agent.rpc.auth import AuthInterceptor, MethodRoles
 from edge_agent.rpc.bundles_api import BundlesApi
 from edge_agent.rpc.inference_api import InferenceApi
@@ -148,7 +153,7 @@ class Agent:
             max_active=config.engine.lanes * config.engine.max_batch_size,
             snapshot=lambda: self.pressure.snapshot,
         )
-        self.inference = InferenceService(
+        self.inference = LocalChat(
             self.engine,
             admission=self.admission,
             metrics=self.metrics,
@@ -168,20 +173,17 @@ class Agent:
         self.audit = AuditLog(config.audit.path, include_prompts=config.audit.include_prompts)
         self.cloud = RouterClient(config.cloud, self.credentials.token_provider())
         self.connectivity = ConnectivityMonitor(self.cloud, on_change=self._on_connectivity)
-        self.router = ChatRouter(
+        self.chat_path = ChatService(
             local=self.inference,
-            admission=self.admission,
-            pressure=self.pressure,
-            policies=self.policies,
-            overrides=config.policy.overrides,
-            credentials=self.credentials,
-            ledger=self.ledger,
-            audit=self.audit,
-            metrics=self.metrics,
-            cloud=self.cloud,
-            connectivity=self.connectivity,
-            cloud_config=config.cloud,
-            include_prompts=config.audit.include_prompts,
+            policy=PolicySource(self.policies, config.policy.overrides, self.credentials.info),
+            cloud=CloudRoute(
+                client=self.cloud,
+                connectivity=self.connectivity,
+                config=config.cloud,
+                ledger=self.ledger,
+                metrics=self.metrics,
+            ),
+            audit=AuditRecorder(self.audit, include_prompts=config.audit.include_prompts),
         )
         self.bundles = BundleManager(
             config.bundles, state_dir=config.paths.state_dir, host=self.engine, audit=self.audit
@@ -245,7 +247,7 @@ class Agent:
             raise Unavailable("the service is stopping; retry on another box or later")
         if self._refusing_unsigned():
             raise Unavailable("this box has no valid signed model bundle; retry on another box")
-        return self.router.chat(spec, call)
+        return self.chat_path.chat(spec, call)
 
     def _refusing_unsigned(self) -> bool:
         """[bundles] without_bundle = "refuse" and no signed bundle left to serve."""
@@ -260,7 +262,7 @@ class Agent:
 
     def _apply_air_gap(self) -> None:
         """Follow the effective policy's air gap: no outbound socket while it is set."""
-        air_gapped = self.router.effective_policy().air_gapped
+        air_gapped = self.chat_path.effective_policy().air_gapped
         set_air_gap(self, air_gapped and not self._stopping)
         self._spawn(self.cloud.set_air_gapped(air_gapped))
 
@@ -284,7 +286,7 @@ class Agent:
                 self._created,
             )
         ]
-        policy = self.router.effective_policy()
+        policy = self.chat_path.effective_policy()
         if policy.escalation and not policy.air_gapped:
             entries += [ModelEntry(name, "cloud", created=self._created) for name in policy.models]
         return entries
@@ -620,7 +622,7 @@ class Agent:
                 new = None
             if new is not None:
                 logging.getLogger().setLevel(new.logging.level)
-                self.router.set_overrides(new.policy.overrides)
+                self.chat_path.set_overrides(new.policy.overrides)
                 self._apply_air_gap()  # [policy] air_gapped may have changed
                 fixed = [
                     f.name

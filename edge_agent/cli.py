@@ -145,7 +145,7 @@ def _add_domain_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     from edge_agent.credentials import add_credentials_commands, add_device_key_command
     from edge_agent.discovery import add_discover_command
     from edge_agent.doctor import add_doctor_command
-    from edge_agent.router import add_policy_commands
+    from edge_agent.policy import add_policy_commands
     from edge_agent.tls import add_tls_commands
 
     add_bundle_commands(sub)

@@ -21,8 +21,8 @@ from edge_agent.credentials import CredentialsConfig, parse_credentials_config
 from edge_agent.discovery import DiscoveryConfig, parse_discovery_config
 from edge_agent.errors import ConfigError
 from edge_agent.metrics import MetricsConfig, parse_metrics_config
+from edge_agent.policy import PolicyConfig, parse_policy_config
 from edge_agent.pressure import PressureConfig, parse_pressure_config
-from edge_agent.router import PolicyConfig, parse_policy_config
 from edge_agent.tls import AuthConfig, TlsConfig, parse_auth_config, parse_tls_config
 
 __all__ = [

@@ -27,8 +27,8 @@ from typing import Any
 
 import httpx
 
+from edge_agent.chat import Message
 from edge_agent.cloud import (
-    ChatMessage,
     CloudChatRequest,
     CloudConfig,
     RouterClient,
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "docs" / "BENCHMARKS.md"
 SECTION = "## cloud"
 TOKEN = "hf_benchmark_token"  # noqa: S105  # a dummy; the transport is in memory
-REQUEST = CloudChatRequest(messages=(ChatMessage("user", "hi"),))
+REQUEST = CloudChatRequest(messages=(Message("user", "hi"),))
 
 
 def sse_events(chunks: int) -> list[bytes]:

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge_agent.credentials import CredentialScope  # noqa: E402
-from edge_agent.router import (  # noqa: E402
+from edge_agent.policy import (  # noqa: E402
     BudgetLedger,
     BudgetView,
     LocalPolicyOverrides,

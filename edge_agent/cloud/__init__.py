@@ -38,7 +38,7 @@ from edge_agent.cloud._errors import (
     CloudStreamInterrupted,
     CloudTimeout,
 )
-from edge_agent.cloud._failover import FailoverEvent, LocalStreamFactory, failover_stream
+from edge_agent.cloud._failover import Chunk, FailoverEvent, LocalStreamFactory, failover_stream
 from edge_agent.cloud._models import (
     POLICIES,
     ModelCatalog,
@@ -51,20 +51,13 @@ from edge_agent.cloud._models import (
     parse_model_ref,
     parse_models_response,
 )
-from edge_agent.cloud._types import (
-    ChatMessage,
-    CloudAttempt,
-    CloudChatRequest,
-    Source,
-    StreamChunk,
-    Usage,
-)
+from edge_agent.cloud._types import CloudAttempt, CloudChatRequest, Source, StreamChunk
 
 __all__ = [
     "DEFAULT_BASE_URL",
     "POLICIES",
     "BreakerState",
-    "ChatMessage",
+    "Chunk",
     "CircuitBreaker",
     "CloudAttempt",
     "CloudAuthError",
@@ -103,7 +96,6 @@ __all__ = [
     "Source",
     "StreamChunk",
     "TokenProvider",
-    "Usage",
     "cost_usd",
     "failover_stream",
     "parse_cloud_config",

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from edge_agent.chat import Usage
 from edge_agent.cloud._config import CloudConfig
 from edge_agent.cloud._errors import (
     CloudAuthError,
@@ -38,7 +39,7 @@ from edge_agent.cloud._models import ModelCatalog, ModelRef, parse_model_ref, pa
 from edge_agent.cloud._sse import DONE, SSEEvent, iter_sse, parse_completion
 from edge_agent.cloud._tools import ToolCallAssembler, message_body, tool_fields
 from edge_agent.cloud._transport import AirGapGuard, tls_context
-from edge_agent.cloud._types import CloudAttempt, CloudChatRequest, StreamChunk, Usage
+from edge_agent.cloud._types import CloudAttempt, CloudChatRequest, StreamChunk
 from edge_agent.errors import EdgeAgentError, InvalidArgument
 
 __all__ = ["OutcomeObserver", "RouterClient", "TokenProvider"]

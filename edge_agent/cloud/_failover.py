@@ -9,9 +9,11 @@
   continues the assistant turn from it); mode ``fail`` ends the stream with
   ``CloudStreamInterrupted`` so the client knows the answer is incomplete.
 
-Each chunk keeps its ``source``, so provenance stays exact after a switch. The cloud
-iterator is always closed (its connection released) before the local one starts. Errors
-that are not ``CloudError`` (bugs) propagate unchanged.
+The helper is generic over the chunk type: it reads only ``delta`` and ``finish_reason``,
+so the chat path splices its own ``ChatChunk`` streams and the router client's tests its
+``StreamChunk`` ones; which side produced a chunk is the producer's to say (provenance). The
+cloud iterator is always closed (its connection released) before the local one starts.
+Errors that are not ``CloudError`` (bugs) propagate unchanged.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol, TypeVar
 
 from edge_agent.cloud._client import OutcomeObserver
 from edge_agent.cloud._config import FailoverMode
@@ -29,12 +31,25 @@ from edge_agent.cloud._errors import (
     CloudStreamInterrupted,
     CloudTimeout,
 )
-from edge_agent.cloud._types import StreamChunk
 from edge_agent.errors import CloudError
 
-__all__ = ["FailoverEvent", "LocalStreamFactory", "failover_stream"]
+__all__ = ["Chunk", "FailoverEvent", "LocalStreamFactory", "failover_stream"]
 
-LocalStreamFactory = Callable[[str], AsyncIterator[StreamChunk]]
+
+class Chunk(Protocol):
+    """What failover reads of a chunk: its text and whether it ends the answer."""
+
+    @property
+    def delta(self) -> str: ...
+
+    @property
+    def finish_reason(self) -> str | None: ...
+
+
+C = TypeVar("C", bound=Chunk)
+
+# Starts the local answer; its argument is the cloud text already streamed ("" if none).
+LocalStreamFactory = Callable[[str], AsyncIterator[C]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,15 +67,15 @@ def _kind(error: CloudError) -> str:
     return error.kind if isinstance(error, CloudRouterError) else "cloud"
 
 
-async def _aclose(iterator: AsyncIterator[StreamChunk]) -> None:
+async def _aclose(iterator: AsyncIterator[object]) -> None:
     aclose = getattr(iterator, "aclose", None)
     if aclose is not None:
         await aclose()
 
 
 async def failover_stream(
-    cloud: AsyncIterator[StreamChunk],
-    local: LocalStreamFactory,
+    cloud: AsyncIterator[C],
+    local: LocalStreamFactory[C],
     *,
     mode: FailoverMode,
     first_token_timeout_s: float,
@@ -68,7 +83,7 @@ async def failover_stream(
     on_failover: Callable[[FailoverEvent], None] | None = None,
     observer: OutcomeObserver | None = None,
     cloud_deadline: float | None = None,
-) -> AsyncGenerator[StreamChunk, None]:
+) -> AsyncGenerator[C, None]:
     """One stream from ``cloud``, falling back to ``local(text_so_far)`` as described above.
 
     ``cloud_deadline`` (a ``loop.time()`` instant) is when the cloud must have finished so

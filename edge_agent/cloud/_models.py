@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Literal
 
+from edge_agent.chat import Usage
 from edge_agent.cloud._errors import CloudProtocolError
-from edge_agent.cloud._types import Usage
 from edge_agent.errors import InvalidArgument
 
 __all__ = [

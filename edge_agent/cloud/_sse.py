@@ -14,9 +14,9 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
+from edge_agent.chat import Usage
 from edge_agent.cloud._errors import CloudProtocolError, error_in_stream
 from edge_agent.cloud._tools import ToolCallFragment, parse_fragments
-from edge_agent.cloud._types import Usage
 
 __all__ = ["DONE", "CompletionDelta", "SSEEvent", "SSEParser", "iter_sse", "parse_completion"]
 

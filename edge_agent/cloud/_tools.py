@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from edge_agent.chat import Message, ToolCall
 from edge_agent.cloud._errors import CloudProtocolError
-from edge_agent.cloud._types import ChatMessage, CloudChatRequest
-
-if TYPE_CHECKING:
-    from edge_agent.engine import ToolCall
+from edge_agent.cloud._types import CloudChatRequest
 
 __all__ = [
     "ToolCallAssembler",
@@ -36,7 +34,7 @@ class ToolCallFragment:
     arguments: str = ""
 
 
-def message_body(m: ChatMessage) -> dict[str, Any]:
+def message_body(m: Message) -> dict[str, Any]:
     body: dict[str, Any] = {"role": m.role, "content": m.content}
     if m.tool_calls:
         body["content"] = m.content or None
@@ -108,8 +106,8 @@ class ToolCallAssembler:
                 raise CloudProtocolError("the cloud tool call arguments are too long")
 
     def calls(self) -> tuple[ToolCall, ...]:
-        # Imported here: the engine package imports the config, which imports this package.
-        from edge_agent.engine import ToolCall
+        # Imported here: edge_agent.toolcalls imports the engine package, which imports the
+        # config, which imports this package.
         from edge_agent.toolcalls import new_tool_call_id
 
         out = []

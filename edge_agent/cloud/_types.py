@@ -1,24 +1,20 @@
-"""Value types shared by the router client, the failover helper and their callers.
+"""Value types of the router client: what it sends, what it streams back, what it did.
 
-``StreamChunk`` is the one chunk type of a generated answer, whichever side produced it: the
-engine adapter builds ``source="local"`` chunks, the router client ``source="cloud"`` ones,
-and the failover helper splices them into one stream. Only the last chunk of a stream has
+Messages and usage are the chat path's own (:mod:`edge_agent.chat`). ``StreamChunk`` is what
+the router client streams: the chat path's cloud leg turns it into
+:class:`edge_agent.chat.ChatChunk` in one place. Only the last chunk of a stream has
 ``finish_reason`` (and ``usage`` when known); earlier ones carry text ``delta``s.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
+from edge_agent.chat import Message, ToolCall, ToolSpec, Usage
 from edge_agent.errors import InvalidArgument
 
-if TYPE_CHECKING:
-    # Only for annotations: importing the engine package here would import the config,
-    # which imports this package (a cycle).
-    from edge_agent.engine import ToolCall, ToolSpec
-
-__all__ = ["ChatMessage", "CloudAttempt", "CloudChatRequest", "Source", "StreamChunk", "Usage"]
+__all__ = ["CloudAttempt", "CloudChatRequest", "Source", "StreamChunk"]
 
 Source = Literal["local", "cloud"]
 
@@ -27,22 +23,6 @@ _ROLES = frozenset({"system", "user", "assistant", "tool"})
 _REFUSALS = frozenset(
     {"auth", "forbidden", "account_exhausted", "rate_limited", "model_unavailable", "not_found"}
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Token counts of one answer, as the producer reported them."""
-
-    prompt_tokens: int
-    completion_tokens: int
-
-    def __post_init__(self) -> None:
-        if self.prompt_tokens < 0 or self.completion_tokens < 0:
-            raise ValueError("token counts must not be negative")
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,20 +49,6 @@ class StreamChunk:
 
 
 @dataclass(frozen=True, slots=True)
-class ChatMessage:
-    """One message of an OpenAI-shaped conversation."""
-
-    role: str
-    content: str
-    tool_calls: tuple[ToolCall, ...] = ()
-    tool_call_id: str = ""
-
-    def __post_init__(self) -> None:
-        if self.role not in _ROLES:
-            raise InvalidArgument("messages.role", f"must be one of {', '.join(sorted(_ROLES))}")
-
-
-@dataclass(frozen=True, slots=True)
 class CloudChatRequest:
     """What the router client sends. ``model`` None means the configured default.
 
@@ -90,7 +56,7 @@ class CloudChatRequest:
     ``response_format`` of type ``json_schema``.
     """
 
-    messages: tuple[ChatMessage, ...]
+    messages: tuple[Message, ...]
     model: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None
@@ -106,6 +72,8 @@ class CloudChatRequest:
     def __post_init__(self) -> None:
         if not self.messages:
             raise InvalidArgument("messages", "must not be empty")
+        if any(m.role not in _ROLES for m in self.messages):
+            raise InvalidArgument("messages.role", f"must be one of {', '.join(sorted(_ROLES))}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise InvalidArgument("max_tokens", "must be at least 1")
         if self.temperature is not None and not 0.0 <= self.temperature <= 2.0:

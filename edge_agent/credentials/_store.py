@@ -139,7 +139,7 @@ class CredentialStore:
         return None if current is None else current.info
 
     def scope(self) -> CredentialScope | None:
-        """What the credential permits, for :func:`edge_agent.router.merge_policy`."""
+        """What the credential permits, for :func:`edge_agent.policy.merge_policy`."""
         current = self._valid()
         return None if current is None else current.info.scope
 

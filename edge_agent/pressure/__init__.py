@@ -13,6 +13,7 @@ from edge_agent.pressure._admission import (
     estimate_request_bytes,
     kv_bytes_per_token,
     kv_bytes_per_token_from_genai_config,
+    read_genai_config,
 )
 from edge_agent.pressure._config import AdmissionConfig, PressureConfig, parse_pressure_config
 from edge_agent.pressure._levels import SIGNALS, LevelTracker, Signal, SignalThreshold
@@ -55,4 +56,5 @@ __all__ = [
     "kv_bytes_per_token",
     "kv_bytes_per_token_from_genai_config",
     "parse_pressure_config",
+    "read_genai_config",
 ]

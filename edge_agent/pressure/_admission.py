@@ -23,11 +23,13 @@ import asyncio
 import bisect
 import contextlib
 import itertools
+import json
 import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import NoReturn
 
@@ -43,6 +45,7 @@ __all__ = [
     "estimate_request_bytes",
     "kv_bytes_per_token",
     "kv_bytes_per_token_from_genai_config",
+    "read_genai_config",
 ]
 
 _MIB = 1024 * 1024
@@ -80,6 +83,15 @@ def kv_bytes_per_token_from_genai_config(config: Mapping[str, object], element_b
         values["num_hidden_layers"], values["num_key_value_heads"], values["head_size"],
         element_bytes,
     )  # fmt: skip
+
+
+def read_genai_config(model_dir: Path) -> dict[str, object]:
+    """A model folder's ``genai_config.json`` as a JSON object, for the readers below
+    (``OSError`` when unreadable, ``ValueError`` when not a JSON object)."""
+    doc = json.loads((model_dir / "genai_config.json").read_text(encoding="utf-8"))
+    if not isinstance(doc, dict):
+        raise ValueError("genai_config.json is not a JSON object")
+    return doc
 
 
 def context_from_genai_config(config: Mapping[str, object]) -> int:
@@ -243,6 +255,10 @@ class AdmissionController:
     def room_bytes(self) -> int | None:
         """What a new request may use now; ``None`` when nothing limits it but concurrency."""
         return self._room(self._snapshot(), idle=False)
+
+    def snapshot(self) -> PressureSnapshot | None:
+        """The pressure snapshot admission decides by (routing reads the same one)."""
+        return self._snapshot()
 
     @contextlib.asynccontextmanager
     async def admit(

@@ -13,7 +13,7 @@ from typing import Any
 from edge_agent._proto.edge_agent.v1 import policy_pb2
 from edge_agent.credentials import CredentialStore, EnvelopeInfo
 from edge_agent.errors import InvalidArgument
-from edge_agent.router import PolicyDocument, PolicyStore
+from edge_agent.policy import PolicyDocument, PolicyStore
 
 __all__ = ["PolicyApi"]
 

@@ -18,7 +18,7 @@ from fake_router import DEFAULT_MODEL, FakeRouter
 
 from edge_agent.config import AgentConfig
 from edge_agent.credentials import DeviceIdentity, SecretToken, seal_credential
-from edge_agent.router import sign_policy
+from edge_agent.policy import sign_policy
 
 TOKEN = "hf_E2Esentinel_9f8e7d6c5b4a3210"
 

@@ -22,8 +22,8 @@ import pytest
 from cloud_helpers import MakeClient
 from fake_router import DEFAULT_MODEL, FakeRouter, Hang, Reply, Status
 
+from edge_agent.chat import Message
 from edge_agent.cloud import (
-    ChatMessage,
     CloudAttempt,
     CloudChatRequest,
     CloudModelUnavailable,
@@ -43,7 +43,7 @@ from edge_agent.cloud._errors import error_for_status, error_in_stream
 
 pytestmark = pytest.mark.timeout(20)
 
-REQUEST = CloudChatRequest(messages=(ChatMessage("user", "hi"),))
+REQUEST = CloudChatRequest(messages=(Message("user", "hi"),))
 NOT_SUPPORTED = (
     f"The requested model '{DEFAULT_MODEL}' is not supported by any provider you have enabled."
 )

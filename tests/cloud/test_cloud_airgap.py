@@ -17,8 +17,8 @@ import pytest
 from cloud_helpers import FAKE_TOKEN, MakeClient, fast_config
 from fake_router import FakeRouter
 
+from edge_agent.chat import Message
 from edge_agent.cloud import (
-    ChatMessage,
     CloudChatRequest,
     CloudDisabled,
     Connectivity,
@@ -28,7 +28,7 @@ from edge_agent.cloud import (
 
 pytestmark = pytest.mark.timeout(15)
 
-REQUEST = CloudChatRequest(messages=(ChatMessage("user", "hi"),))
+REQUEST = CloudChatRequest(messages=(Message("user", "hi"),))
 
 
 @pytest.fixture

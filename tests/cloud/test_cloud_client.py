@@ -10,8 +10,8 @@ import pytest
 from cloud_helpers import FAKE_TOKEN, MakeClient
 from fake_router import DEFAULT_WORDS, FakeRouter, Hang, Reply, Status
 
+from edge_agent.chat import Message
 from edge_agent.cloud import (
-    ChatMessage,
     CloudAuthError,
     CloudBadRequest,
     CloudChatRequest,
@@ -37,7 +37,7 @@ from edge_agent.errors import InvalidArgument
 
 pytestmark = pytest.mark.timeout(15)
 
-REQUEST = CloudChatRequest(messages=(ChatMessage("user", "hi"),), max_tokens=16)
+REQUEST = CloudChatRequest(messages=(Message("user", "hi"),), max_tokens=16)
 
 
 async def collect(client: RouterClient, request: CloudChatRequest = REQUEST) -> list[StreamChunk]:
@@ -72,7 +72,7 @@ async def test_request_shape_headers_and_policy_suffix(
 ) -> None:
     client = make_client(bill_to="my-clinic")
     request = CloudChatRequest(
-        messages=(ChatMessage("system", "be brief"), ChatMessage("user", "hi")),
+        messages=(Message("system", "be brief"), Message("user", "hi")),
         model="org/big-model:cheapest",
         max_tokens=32,
         temperature=0.2,

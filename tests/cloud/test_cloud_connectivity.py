@@ -10,9 +10,9 @@ import pytest
 from cloud_helpers import MakeClient
 from fake_router import FakeRouter, Hang, Status
 
+from edge_agent.chat import Message
 from edge_agent.cloud import (
     BreakerState,
-    ChatMessage,
     CircuitBreaker,
     CloudChatRequest,
     CloudRouterError,
@@ -23,7 +23,7 @@ from edge_agent.cloud import (
 
 pytestmark = pytest.mark.timeout(15)
 
-REQUEST = CloudChatRequest(messages=(ChatMessage("user", "hi"),))
+REQUEST = CloudChatRequest(messages=(Message("user", "hi"),))
 
 
 class Clock:

@@ -15,9 +15,9 @@ import pytest
 from cloud_helpers import MakeClient
 from fake_router import DEFAULT_WORDS, Behaviour, FakeRouter, Hang, Reply, Status
 
+from edge_agent.chat import Message, Usage
 from edge_agent.cloud import (
     BreakerState,
-    ChatMessage,
     CloudChatRequest,
     CloudServerError,
     CloudStreamInterrupted,
@@ -25,14 +25,13 @@ from edge_agent.cloud import (
     FailoverEvent,
     RouterClient,
     StreamChunk,
-    Usage,
     failover_stream,
 )
 from edge_agent.cloud._config import FailoverMode
 
 pytestmark = pytest.mark.timeout(15)
 
-REQUEST = CloudChatRequest(messages=(ChatMessage("user", "hi"),))
+REQUEST = CloudChatRequest(messages=(Message("user", "hi"),))
 LOCAL_FRESH = ("Local", " answer")
 LOCAL_CONTINUED = (" and", " locally")
 

@@ -9,11 +9,11 @@ from fake_router import default_catalog
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edge_agent.chat import Usage
 from edge_agent.cloud import (
     CloudProtocolError,
     ModelRef,
     Pricing,
-    Usage,
     cost_usd,
     parse_model_ref,
     parse_models_response,

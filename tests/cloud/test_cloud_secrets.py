@@ -12,8 +12,8 @@ import pytest
 from cloud_helpers import FAKE_TOKEN, MakeClient, fast_config
 from fake_router import Behaviour, FakeRouter, Hang, Reply, Status
 
+from edge_agent.chat import Message
 from edge_agent.cloud import (
-    ChatMessage,
     CloudAuthError,
     CloudChatRequest,
     ConnectivityMonitor,
@@ -26,7 +26,7 @@ from edge_agent.errors import EdgeAgentError
 
 pytestmark = pytest.mark.timeout(20)
 
-REQUEST = CloudChatRequest(messages=(ChatMessage("user", "hi"),))
+REQUEST = CloudChatRequest(messages=(Message("user", "hi"),))
 
 
 def _all_text(exc: BaseException) -> str:

@@ -15,7 +15,7 @@ from daemon_harness import make_config, start_agent, stop_agent
 from edge_agent._egress import EgressRefused, air_gap_holders
 from edge_agent.client import ChatOptions, Client
 from edge_agent.config import AgentConfig
-from edge_agent.router import LocalPolicyOverrides
+from edge_agent.policy import LocalPolicyOverrides
 
 
 def _air_gapped(tmp_path: Path) -> AgentConfig:

@@ -28,7 +28,7 @@ from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
 from edge_agent._proto.edge_agent.v1 import inference_pb2_grpc as pb_grpc
 from edge_agent.audit import AuditLog, AuditRecord
 from edge_agent.client import ChatChunk, ChatOptions, Client, DataClass, RoutePreference
-from edge_agent.router import (
+from edge_agent.policy import (
     MIN_CLOUD_WINDOW_S,
     BudgetLedger,
     Budgets,
@@ -128,7 +128,7 @@ def test_a_deadline_too_short_for_cloud_and_local_is_served_locally_at_once(
     box: RunningAgent, router: FakeRouter
 ) -> None:
     router.on_chat(Hang())
-    local_s = box.agent.router.pace.answer_s(16)
+    local_s = box.agent.chat_path.pace.answer_s(16)
     chunks, _ = _ask(box, timeout=local_s + MIN_CLOUD_WINDOW_S / 2)
     final = chunks[-1]
     assert final.provenance is not None

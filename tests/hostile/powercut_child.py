@@ -30,7 +30,7 @@ from edge_agent.credentials import (
     SecretToken,
     seal_credential,
 )
-from edge_agent.router import PolicyStore, sign_policy
+from edge_agent.policy import PolicyStore, sign_policy
 
 POLICY = """
 version = {version}

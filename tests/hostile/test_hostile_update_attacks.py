@@ -17,7 +17,7 @@ from hostile_common import admin_target
 
 from edge_agent._proto.edge_agent.v1 import operator_pb2_grpc, policy_pb2
 from edge_agent.credentials import SecretToken, seal_credential
-from edge_agent.router import sign_policy
+from edge_agent.policy import sign_policy
 
 FLEET = ec.generate_private_key(ec.SECP256R1())
 

@@ -10,7 +10,8 @@ import pytest
 from cloud_helpers import FAKE_TOKEN, fast_config
 from fake_router import FakeRouter, Reply
 
-from edge_agent.cloud import ChatMessage, CloudChatRequest, CloudProtocolError, RouterClient
+from edge_agent.chat import Message
+from edge_agent.cloud import CloudChatRequest, CloudProtocolError, RouterClient
 from edge_agent.cloud._tools import ToolCallAssembler, parse_fragments
 from edge_agent.engine import ToolCall, ToolSpec
 
@@ -41,9 +42,9 @@ async def test_tools_go_out_in_openai_shape_and_calls_come_back_whole(
     )
     request = CloudChatRequest(
         messages=(
-            ChatMessage("user", "Weather in Oslo, then Paris?"),
-            ChatMessage("assistant", "", tool_calls=(EARLIER,)),
-            ChatMessage("tool", "cloudy", tool_call_id=EARLIER.id),
+            Message("user", "Weather in Oslo, then Paris?"),
+            Message("assistant", "", tool_calls=(EARLIER,)),
+            Message("tool", "cloudy", tool_call_id=EARLIER.id),
         ),
         tools=(TOOL,),
         tool_choice="get_weather",
@@ -88,7 +89,7 @@ async def test_tools_go_out_in_openai_shape_and_calls_come_back_whole(
 async def test_no_tools_means_no_tool_fields(router: FakeRouter) -> None:
     client = RouterClient(fast_config(router.base_url), lambda: FAKE_TOKEN)
     try:
-        request = CloudChatRequest(messages=(ChatMessage("user", "hi"),))
+        request = CloudChatRequest(messages=(Message("user", "hi"),))
         async with aclosing(client.stream_chat(request)) as stream:
             chunks = [chunk async for chunk in stream]
     finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.errors import ResourceExhausted
-from edge_agent.router import BudgetLedger, Budgets, ClientRule, EffectivePolicy, ModelPrice
+from edge_agent.policy import BudgetLedger, Budgets, ClientRule, EffectivePolicy, ModelPrice
 
 NOW = datetime(2026, 3, 31, 23, 50, tzinfo=UTC)
 POLICY = EffectivePolicy(
@@ -138,7 +138,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from edge_agent.errors import ResourceExhausted
-from edge_agent.router import BudgetLedger, Budgets, ClientRule, EffectivePolicy
+from edge_agent.policy import BudgetLedger, Budgets, ClientRule, EffectivePolicy
 policy = EffectivePolicy(
     budgets=Budgets(10_000, 25_000, 1.0, 10.0), clients={"*": ClientRule(True, "public", 1.0)}
 )

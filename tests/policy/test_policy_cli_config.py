@@ -13,7 +13,7 @@ from policy_support import CLINIC, with_version
 from edge_agent._tomlreader import TableReader
 from edge_agent.credentials import CredentialsConfig, parse_credentials_config
 from edge_agent.errors import ConfigError
-from edge_agent.router import (
+from edge_agent.policy import (
     LocalPolicyOverrides,
     PolicyConfig,
     add_policy_commands,

@@ -10,7 +10,7 @@ import pytest
 from policy_support import CLINIC
 
 from edge_agent.credentials import CredentialScope
-from edge_agent.router import (
+from edge_agent.policy import (
     Budgets,
     BudgetView,
     ClientRule,

@@ -12,7 +12,7 @@ from policy_support import CLINIC
 from edge_agent._tomlreader import TableReader
 from edge_agent.audit import parse_audit_config
 from edge_agent.credentials import CredentialScope, parse_credentials_config
-from edge_agent.router import (
+from edge_agent.policy import (
     BudgetView,
     LocalPolicyOverrides,
     PressureView,

@@ -14,7 +14,7 @@ from policy_support import CLINIC, with_version
 
 from edge_agent._fleetkeys import FleetKeyring, sign_document
 from edge_agent.errors import PolicyError
-from edge_agent.router import PolicyStore, parse_policy, sign_policy, verify_policy
+from edge_agent.policy import PolicyStore, parse_policy, sign_policy, verify_policy
 
 
 def test_clinic_policy_parses() -> None:

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge_agent.audit import AuditAttempt, AuditEntry, AuditLog, record_hash
-from edge_agent.router import (
+from edge_agent.policy import (
     BLOCKERS,
     MIN_CLOUD_WINDOW_S,
     BudgetLedger,

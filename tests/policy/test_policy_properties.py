@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_agent.credentials import CredentialScope
-from edge_agent.router import (
+from edge_agent.policy import (
     DATA_CLASSES,
     BudgetLedger,
     Budgets,

@@ -25,7 +25,7 @@ from edge_agent.credentials import (
     seal_credential,
 )
 from edge_agent.errors import FailedPrecondition
-from edge_agent.router import PolicyStore, sign_policy
+from edge_agent.policy import PolicyStore, sign_policy
 from edge_agent.rpc.interceptors import ErrorInterceptor
 from edge_agent.rpc.policy_api import PolicyApi
 

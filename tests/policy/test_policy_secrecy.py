@@ -32,7 +32,7 @@ from edge_agent.credentials import (
     add_device_key_command,
 )
 from edge_agent.errors import EdgeAgentError
-from edge_agent.router import (
+from edge_agent.policy import (
     BudgetLedger,
     LocalPolicyOverrides,
     PolicyStore,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
-from edge_agent.router._model import DATA_CLASSES, EffectivePolicy, ModelPrice, class_rank
+from edge_agent.policy._model import DATA_CLASSES, EffectivePolicy, ModelPrice, class_rank
 
 __all__ = [
     "BLOCKERS",

@@ -16,7 +16,15 @@ __all__ = [
     "RoutePreference",
     "Timing",
     "Usage",
+    "estimate_prompt_tokens",
 ]
+
+# A BPE token is about 4 characters of English, rarely fewer than 2. Routing takes the
+# typical figure; memory admission errs high (the fewest characters per token). The worker
+# counts the real number.
+TYPICAL_CHARS_PER_TOKEN = 4
+FEWEST_CHARS_PER_TOKEN = 2
+_TEMPLATE_TOKENS = 8  # per message or tool: role markers and separators
 
 
 class DataClass(enum.IntEnum):
@@ -61,8 +69,14 @@ class ChatSpec:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Token counts of one answer, as its producer (the engine, a cloud provider) reported."""
+
     prompt_tokens: int
     completion_tokens: int
+
+    def __post_init__(self) -> None:
+        if self.prompt_tokens < 0 or self.completion_tokens < 0:
+            raise ValueError("token counts must not be negative")
 
     @property
     def total_tokens(self) -> int:
@@ -106,3 +120,14 @@ class CallContext:
     client_id: str = "anonymous"
     request_id: str = ""
     deadline: float | None = None  # a time.monotonic() instant
+
+
+def estimate_prompt_tokens(spec: ChatSpec, chars_per_token: int = FEWEST_CHARS_PER_TOKEN) -> int:
+    """The prompt's tokens before the worker has counted them: every text the prompt renders
+    (messages, their tool calls, the tool definitions) over ``chars_per_token``."""
+    chars = sum(
+        len(m.content) + sum(len(c.name) + len(c.arguments) for c in m.tool_calls)
+        for m in spec.messages
+    )
+    chars += sum(len(t.name) + len(t.description) + len(t.parameters_json) for t in spec.tools)
+    return chars // chars_per_token + _TEMPLATE_TOKENS * (len(spec.messages) + len(spec.tools))

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from edge_agent._tomlreader import TableReader
 from edge_agent.errors import ConfigError, PolicyError
-from edge_agent.router._model import (
+from edge_agent.policy._model import (
     DATA_CLASSES,
     Budgets,
     ClientRule,

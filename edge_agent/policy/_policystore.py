@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from edge_agent._fleetkeys import FleetKeyring, sign_document, verify_document
 from edge_agent._statefiles import atomic_write_bytes
 from edge_agent.errors import PolicyError
-from edge_agent.router._document import PolicyDocument, parse_policy
+from edge_agent.policy._document import PolicyDocument, parse_policy
 
 __all__ = ["POLICY_KIND", "PolicyStore", "sign_policy", "verify_policy"]
 

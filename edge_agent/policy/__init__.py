@@ -1,8 +1,9 @@
-"""Routing: the signed escalation policy, cloud budgets and the pure :func:`decide`."""
+"""The escalation policy: the signed document, local tightening, cloud budgets and the pure
+:func:`decide` of where a chat may run."""
 
-from edge_agent.router._budget import BudgetLedger, BudgetUsage, Reservation
-from edge_agent.router._cli import add_policy_commands, describe_policy
-from edge_agent.router._decide import (
+from edge_agent.policy._budget import BudgetLedger, BudgetUsage, Reservation
+from edge_agent.policy._cli import add_policy_commands, describe_policy
+from edge_agent.policy._decide import (
     BLOCKERS,
     LOCAL_CAN_ANSWER,
     MIN_CLOUD_WINDOW_S,
@@ -16,14 +17,14 @@ from edge_agent.router._decide import (
     decide,
     resolve_data_class,
 )
-from edge_agent.router._document import PolicyDocument, parse_policy
-from edge_agent.router._local import (
+from edge_agent.policy._document import PolicyDocument, parse_policy
+from edge_agent.policy._local import (
     LocalPolicyOverrides,
     PolicyConfig,
     merge_policy,
     parse_policy_config,
 )
-from edge_agent.router._model import (
+from edge_agent.policy._model import (
     DATA_CLASSES,
     Budgets,
     ClientRule,
@@ -33,8 +34,8 @@ from edge_agent.router._model import (
     WindowSet,
     class_rank,
 )
-from edge_agent.router._pace import LocalPace, PaceEstimate
-from edge_agent.router._policystore import POLICY_KIND, PolicyStore, sign_policy, verify_policy
+from edge_agent.policy._pace import LocalPace, PaceEstimate
+from edge_agent.policy._policystore import POLICY_KIND, PolicyStore, sign_policy, verify_policy
 
 __all__ = [
     "BLOCKERS",

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from edge_agent._tomlreader import TableReader
 from edge_agent.credentials import CredentialScope
-from edge_agent.router._document import parse_windows
-from edge_agent.router._model import (
+from edge_agent.policy._document import parse_windows
+from edge_agent.policy._model import (
     DATA_CLASSES,
     Budgets,
     ClientRule,

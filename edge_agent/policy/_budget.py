@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from edge_agent.errors import ResourceExhausted
-from edge_agent.router._decide import BudgetView, budget_allows
-from edge_agent.router._model import EffectivePolicy, ModelPrice
+from edge_agent.policy._decide import BudgetView, budget_allows
+from edge_agent.policy._model import EffectivePolicy, ModelPrice
 
 __all__ = ["BudgetLedger", "BudgetUsage", "Reservation"]
 

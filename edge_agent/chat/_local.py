@@ -9,44 +9,56 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Protocol
 
-from edge_agent.chat import CallContext, ChatChunk, ChatSpec, Provenance, Timing, Usage
+from edge_agent.chat._types import (
+    CallContext,
+    ChatChunk,
+    ChatSpec,
+    Provenance,
+    Timing,
+    Usage,
+    estimate_prompt_tokens,
+)
 from edge_agent.engine import (
     Delta,
-    EngineSupervisor,
+    EngineInfo,
     Finished,
+    GenerationEvent,
     GenerationRequest,
+    ModelIdentity,
     Started,
 )
 from edge_agent.errors import EdgeAgentError, InvalidArgument
 from edge_agent.metrics import Metrics
+from edge_agent.policy import PressureView
 from edge_agent.pressure import (
     AdmissionController,
     estimate_request_bytes,
     kv_bytes_per_token_from_genai_config,
+    read_genai_config,
 )
 from edge_agent.toolcalls import ToolCallReader, compact_guidance, forced_call_schema, is_forced
 
-__all__ = ["InferenceService", "estimate_prompt_tokens"]
+__all__ = ["LocalChat", "LocalEngine"]
 
-# A BPE token is rarely shorter than 2 characters of English; erring high is the safe side
-# for memory admission. The worker counts the real number.
-_CHARS_PER_TOKEN_LOW = 2
-_TEMPLATE_TOKENS = 8
 _NO_CONTEXT = CallContext()
+# A rough per-request hold time for the queue-wait estimate; admission measures the real one.
+_QUEUE_SECONDS_PER_WAITER = 2.0
 
 
-def estimate_prompt_tokens(spec: ChatSpec) -> int:
-    chars = sum(
-        len(m.content) + sum(len(c.name) + len(c.arguments) for c in m.tool_calls)
-        for m in spec.messages
-    )
-    # Tool definitions are rendered into the prompt too.
-    chars += sum(len(t.name) + len(t.description) + len(t.parameters_json) for t in spec.tools)
-    return chars // _CHARS_PER_TOKEN_LOW + _TEMPLATE_TOKENS * (len(spec.messages) + len(spec.tools))
+class LocalEngine(Protocol):
+    """What the local leg needs of the engine (the daemon's ``EngineSupervisor``)."""
+
+    @property
+    def model(self) -> ModelIdentity: ...
+
+    @property
+    def info(self) -> EngineInfo | None: ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]: ...
 
 
 def _guidance(spec: ChatSpec) -> str | None:
@@ -59,12 +71,12 @@ def _guidance(spec: ChatSpec) -> str | None:
     return None
 
 
-class InferenceService:
+class LocalChat:
     """Local chat on the supervised engine."""
 
     def __init__(
         self,
-        engine: EngineSupervisor,
+        engine: LocalEngine,
         *,
         admission: AdmissionController | None = None,
         metrics: Metrics | None = None,
@@ -77,8 +89,27 @@ class InferenceService:
         self._kv_per_token: tuple[str, int] | None = None
 
     @property
-    def engine(self) -> EngineSupervisor:
+    def engine(self) -> LocalEngine:
         return self._engine
+
+    @property
+    def admission(self) -> AdmissionController | None:
+        return self._admission
+
+    def route_view(self, spec: ChatSpec) -> tuple[PressureView, float]:
+        """What routing asks of the local side: the pressure level, whether admission could
+        take ``spec`` now, and the expected queue wait in seconds."""
+        if self._admission is None:
+            return PressureView(level="ok", local_admissible=True), 0.0
+        snapshot = self._admission.snapshot()
+        level = snapshot.level.label if snapshot is not None else "ok"
+        room = self._admission.room_bytes()
+        cost = self.estimate_cost_bytes(spec)
+        view = PressureView(
+            level=level,  # type: ignore[arg-type]
+            local_admissible=level != "critical" and (room is None or cost <= room),
+        )
+        return view, self._admission.stats.queued * _QUEUE_SECONDS_PER_WAITER
 
     def context_length(self) -> int:
         info = self._engine.info
@@ -92,7 +123,7 @@ class InferenceService:
             # CPU keeps the KV cache in fp32 for int4 models; accelerators in fp16.
             element = 4 if info is None or info.execution_provider == "cpu" else 2
             try:
-                config = json.loads((model.model_dir / "genai_config.json").read_text())
+                config = read_genai_config(model.model_dir)
                 per_token = kv_bytes_per_token_from_genai_config(config, element)
             except (OSError, ValueError, KeyError, TypeError):
                 per_token = model.kv_bytes_per_token

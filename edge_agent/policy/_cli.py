@@ -20,10 +20,10 @@ from edge_agent._operator_cli import (
 from edge_agent._statefiles import atomic_write_bytes
 from edge_agent.credentials import CredentialScope
 from edge_agent.errors import ConfigError, EdgeAgentError
-from edge_agent.router._budget import BudgetLedger
-from edge_agent.router._local import PolicyConfig, merge_policy
-from edge_agent.router._model import EffectivePolicy
-from edge_agent.router._policystore import PolicyStore, sign_policy, verify_policy
+from edge_agent.policy._budget import BudgetLedger
+from edge_agent.policy._local import PolicyConfig, merge_policy
+from edge_agent.policy._model import EffectivePolicy
+from edge_agent.policy._policystore import PolicyStore, sign_policy, verify_policy
 
 __all__ = ["add_policy_commands", "describe_policy"]
 
