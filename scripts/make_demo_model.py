@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from model_estimate import BYTES_PER_KV_ELEMENT, estimate, estimate_table
+from edge_agent.bundles._estimate import BYTES_PER_KV_ELEMENT, estimate, estimate_table
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"]  # ids 0..4, as in Mistral's
 ROLE_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
