@@ -295,6 +295,7 @@ def test_from_hf_through_the_real_builder_into_a_bundle_the_box_accepts(
     (hf / "tokenizer_config.json").write_text(json.dumps({"chat_template": own}))
     before = sorted(p.name for p in hf.iterdir())
     assert _cli("keys", "generate", "--out-dir", keys, "--name", "ops") == 0
+    capsys.readouterr()
     rc = _cli(*_build_args(hf, out, "--context", "512", "--quiet", "--sign", keys / "ops.key"))
     assert rc == 0
     captured = capsys.readouterr()
