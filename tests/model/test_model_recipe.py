@@ -347,3 +347,40 @@ def test_a_failing_builder_leaves_nothing_behind(
     err = capsys.readouterr().err
     assert "error: the model builder failed (exit 1); last output:" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no bundle, no work folder
+
+
+def test_check_prompts_script_judges_a_bundle_by_mistral_common(tmp_path: Path) -> None:
+    """What an operator runs on the build machine against the real checkpoint's tekken.json."""
+    from tekken_fixture import tekken_model_dir
+
+    model = tekken_model_dir(tmp_path)
+
+    def check(folder: Path, tekken: Path) -> subprocess.CompletedProcess[str]:
+        script = str(ROOT / "scripts" / "check_prompts.py")
+        return subprocess.run(
+            [sys.executable, script, "--model", str(folder), "--tekken", str(tekken)],
+            capture_output=True, text=True, check=False, timeout=120,
+        )  # fmt: skip
+
+    done = check(model, TEKKEN)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "equal: control-token text from a user" in done.stdout
+    assert "6/6 conversations equal to mistral-common's ids" in done.stdout
+    # A bundle whose tokenizer.json is not the checkpoint's: two ids swapped ("Hi", sent in
+    # the multi-turn conversation only, and its neighbour).
+    from tokenizers import Tokenizer
+
+    wrong = tmp_path / "wrong"
+    shutil.copytree(model, wrong)
+    [hi] = Tokenizer.from_file(str(wrong / "tokenizer.json")).encode("Hi").ids
+    doc = json.loads((wrong / "tokenizer.json").read_text())
+    vocab = doc["model"]["vocab"]
+    by_id = {v: k for k, v in vocab.items()}
+    vocab[by_id[hi]], vocab[by_id[hi + 1]] = hi + 1, hi
+    (wrong / "tokenizer.json").write_text(json.dumps(doc))
+    done = check(wrong, TEKKEN)
+    assert done.returncode == 1
+    assert "DIFFERENT: multi-turn" in done.stdout and "equal: unicode" in done.stdout
+    assert "5/6 conversations equal" in done.stdout
+    done = check(ROOT / "models" / "demo", TEKKEN)
+    assert done.returncode == 1 and "not mistral-v7" in done.stdout
