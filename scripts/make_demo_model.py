@@ -1,6 +1,6 @@
 """Make the small Mistral-architecture demo model (or a bench model) as an ONNX GenAI folder.
 
-Runs offline in the build venv (torch, transformers, tokenizers, onnxruntime-genai's builder):
+Runs offline in the build venv (``pip install -e '.[build]'``: torch, transformers, the builder):
 
     .venv-build/bin/python scripts/make_demo_model.py --out models/demo
     .venv-build/bin/python scripts/make_demo_model.py --size bench --out .cache/bench-model
