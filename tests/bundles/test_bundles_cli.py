@@ -116,7 +116,8 @@ def test_build_of_a_checkpoint_folder_points_to_the_recipe(
     hf = tmp_path / "hf"
     hf.mkdir()
     (hf / "config.json").write_text(json.dumps({"architectures": ["MistralForCausalLM"]}))
-    common = ["--out", tmp_path / "out", "--name", "m", "--version", "1", "--release", "1"]
+    common: list[str | Path] = ["--out", tmp_path / "out", "--name", "m", "--version", "1"]
+    common += ["--release", "1"]
     assert _cli("bundle", "build", hf, *common, "--quiet") == 1
     err = capsys.readouterr().err
     assert "is a Hugging Face checkpoint, not an ONNX GenAI folder" in err

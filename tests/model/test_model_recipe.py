@@ -296,7 +296,7 @@ def test_from_hf_through_the_real_builder_into_a_bundle_the_box_accepts(
     before = sorted(p.name for p in hf.iterdir())
     assert _cli("keys", "generate", "--out-dir", keys, "--name", "ops") == 0
     capsys.readouterr()
-    rc = _cli(*_build_args(hf, out, "--context", "512", "--quiet", "--sign", keys / "ops.key"))
+    rc = _cli(*_build_args(hf, out, "--context", "512", "--quiet", "--sign", str(keys / "ops.key")))
     assert rc == 0
     captured = capsys.readouterr()
     assert "chat template: the checkpoint's own" in captured.err  # the plan, on stderr
