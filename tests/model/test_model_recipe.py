@@ -321,6 +321,32 @@ def test_from_hf_through_the_real_builder_into_a_bundle_the_box_accepts(
 
 
 @needs_build_extra
+def test_cuda_export_keeps_the_embedding_dense_with_fp16_kv(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CUDA options on a machine without a GPU: the builder only writes the graph."""
+    import onnx
+
+    from edge_agent.bundles._estimate import estimate
+
+    hf, out = tmp_path / "hf", tmp_path / "bundle"
+    _tiny_checkpoint(hf)
+    assert _cli(*_build_args(hf, out, "--ep", "cuda", "--context", "512", "--quiet")) == 0
+    manifest = json.loads(capsys.readouterr().out)["model"]
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    kv = [i for i in graph.graph.input if i.name.startswith("past_key_values.")]
+    assert {i.type.tensor_type.elem_type for i in kv} == {onnx.TensorProto.FLOAT16}
+    assert manifest["execution_providers"] == ["cuda"]
+    assert manifest["kv_bytes_per_token"] == 2 * 1 * 2 * 16 * 2  # fp16, as the graph says
+    genai = json.loads((out / "genai_config.json").read_text())
+    assert "cuda" in genai["model"]["decoder"]["session_options"]["provider_options"][0]
+    assert genai["search"]["max_length"] == genai["model"]["context_length"] == 512
+    # block_size=32 only: the embedding stays dense fp16, to the byte the estimator says.
+    figures = estimate(json.loads((hf / "config.json").read_text()), "cuda")
+    assert (out / "model.onnx.data").stat().st_size == figures["weights_bytes_embedding_dense"]
+
+
+@needs_build_extra
 def test_tekken_only_checkpoint_gets_the_v7_template(tmp_path: Path) -> None:
     hf, stage = tmp_path / "hf", tmp_path / "stage"
     hf.mkdir()
