@@ -113,6 +113,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
         expires_in=args.expires_in,
         min_agent_version=args.min_agent_version,
     )
+    # Asked before a build that may take hours, not after it.
+    password = _password(args) if args.sign and not args.dry_run else None
     if args.from_hf is not None:
         manifest = _build_from_hf(args, req)
         if manifest is None:
@@ -125,7 +127,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
                 raise InvalidArgument(flag, "only with --from-hf")
         manifest = build_bundle(req)
     for key in args.sign or ():
-        sign_bundle(args.out, key, password=_password(args))
+        sign_bundle(args.out, key, password=password)
     print(manifest.to_json().decode(), end="")
     return 0
 
