@@ -1,6 +1,6 @@
 """Make the small Mistral-architecture demo model (or a bench model) as an ONNX GenAI folder.
 
-Runs offline in the build venv (torch, transformers, tokenizers, onnxruntime-genai's builder):
+Runs offline in the build venv (``pip install -e '.[build]'``: torch, transformers, the builder):
 
     .venv-build/bin/python scripts/make_demo_model.py --out models/demo
     .venv-build/bin/python scripts/make_demo_model.py --size bench --out .cache/bench-model
@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from model_estimate import BYTES_PER_KV_ELEMENT, estimate, estimate_table
+from edge_agent.bundles._estimate import BYTES_PER_KV_ELEMENT, estimate, estimate_table
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"]  # ids 0..4, as in Mistral's
 ROLE_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}

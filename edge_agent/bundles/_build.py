@@ -1,22 +1,18 @@
-"""``bundle build``: convert Hugging Face weights to an ONNX GenAI folder and describe it.
+"""``bundle build``: describe an ONNX GenAI folder as a bundle (``bundle.json``).
 
-The conversion runs the onnxruntime-genai model builder (or ``optimum-cli`` where the builder
-lacks the architecture) as a subprocess, so a crash or an OOM in the converter never takes
-the tool down and its output streams to the operator as it happens.
+An existing ONNX GenAI folder is copied and described; a Hugging Face checkpoint goes through
+the recipe first (``--from-hf``, edge_agent/bundles/_recipe.py), which writes its output
+straight into the bundle folder and then describes it here the same way.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-
-from tqdm import tqdm  # type: ignore[import-untyped]
 
 from edge_agent.bundles._format import (
     BUNDLE_JSON,
@@ -30,68 +26,27 @@ from edge_agent.bundles._format import (
 from edge_agent.errors import BundleError, InvalidArgument
 from edge_agent.pressure import context_from_genai_config
 
-__all__ = ["BuildRequest", "build_bundle", "converter_command", "describe_folder"]
+__all__ = ["BuildRequest", "build_bundle", "describe_folder", "require_empty", "write_manifest"]
 
 GENAI_CONFIG = "genai_config.json"
 
 
 @dataclass(frozen=True, slots=True)
 class BuildRequest:
-    source: Path  # a Hugging Face model folder, or an existing ONNX GenAI folder
+    source: Path  # an ONNX GenAI folder (or, for the recipe, the Hugging Face checkpoint)
     out: Path
     name: str
     version: str
     release: int
     execution_provider: str = "cpu"
     precision: str = "int4"
-    via: str = "builder"  # "builder" | "optimum"
     expires_in: timedelta | None = None
     min_agent_version: str = "0.1.0"
-    # Passed to the builder as --extra_options KEY=VALUE ... (block_size=32, ...).
-    builder_options: tuple[str, ...] = ()
 
 
-def converter_command(req: BuildRequest, work: Path) -> list[list[str]]:
-    """The subprocess command lines that turn ``req.source`` into an ONNX GenAI folder."""
-    py = sys.executable
-    builder = [py, "-m", "onnxruntime_genai.models.builder"]
-    cache = str(work / "cache")
-    if req.via == "builder":
-        common = ["-o", str(req.out), "-p", req.precision, "-e", req.execution_provider]
-        extra = ["--extra_options", *req.builder_options] if req.builder_options else []
-        return [[*builder, "-i", str(req.source), *common, "-c", cache, *extra]]
-    if req.via == "optimum":
-        # optimum exports the graph; the builder then writes only genai_config + tokenizer.
-        task = ["--task", "text-generation-with-past"]
-        config_only = ["--extra_options", "config_only=true", *req.builder_options]
-        common = ["-o", str(req.out), "-p", req.precision, "-e", req.execution_provider]
-        return [
-            ["optimum-cli", "export", "onnx", "--model", str(req.source), *task, str(req.out)],
-            [*builder, "-i", str(req.source), *common, "-c", cache, *config_only],
-        ]
-    raise InvalidArgument("via", "must be builder or optimum")
-
-
-def _run(cmd: list[str], bar: Any) -> None:
-    bar.set_description(Path(cmd[0]).name if cmd[0] != sys.executable else cmd[2])
-    try:
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-        )
-    except FileNotFoundError as exc:
-        raise BundleError(f"{cmd[0]} is not installed") from exc
-    assert proc.stdout is not None
-    tail: list[str] = []
-    for line in proc.stdout:
-        line = line.rstrip()
-        if line:
-            tail = [*tail[-19:], line]
-            bar.set_postfix_str(line[-60:], refresh=False)
-            bar.update(1)
-    if proc.wait() != 0:
-        raise BundleError(
-            f"conversion failed (exit {proc.returncode}); last output:\n" + "\n".join(tail)
-        )
+def require_empty(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InvalidArgument("--out", f"{out} must be a new or empty folder")
 
 
 # genai_config.json names the model type; bundle.json names the Hugging Face architecture.
@@ -168,31 +123,30 @@ def describe_folder(
     return parse_manifest(manifest.to_json())  # the same validation a box applies
 
 
-def build_bundle(req: BuildRequest, *, progress: bool = True) -> BundleManifest:
-    """Convert (or copy an ONNX GenAI folder) into ``req.out`` and write ``bundle.json``."""
-    if req.out.exists() and any(req.out.iterdir()):
-        raise InvalidArgument("out", "must be a new or empty folder")
-    hf_config_path = req.source / "config.json"
+def write_manifest(folder: Path, req: BuildRequest) -> BundleManifest:
+    """Describe ``folder`` (its ``config.json`` names the architecture) into bundle.json."""
+    hf_config_path = folder / "config.json"
     hf_config = _json(hf_config_path) if hf_config_path.is_file() else None
-    with tqdm(total=None, unit="line", disable=not progress, desc="build") as bar:
-        if (req.source / GENAI_CONFIG).is_file():
-            bar.set_description("copy ONNX GenAI folder")
-            shutil.copytree(req.source, req.out, dirs_exist_ok=True, symlinks=False)
-            for leftover in (req.out / BUNDLE_JSON, req.out / SIGNATURES_DIR):
-                if leftover.is_dir():
-                    shutil.rmtree(leftover)
-                else:
-                    leftover.unlink(missing_ok=True)
-        else:
-            if hf_config is None:
-                raise InvalidArgument("source", "neither a HF model folder nor an ONNX GenAI one")
-            req.out.mkdir(parents=True, exist_ok=True)
-            work = req.out.parent / f".{req.out.name}.build"
-            try:
-                for cmd in converter_command(req, work):
-                    _run(cmd, bar)
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
-        manifest = describe_folder(req.out, req, hf_config)
-        (req.out / BUNDLE_JSON).write_bytes(manifest.to_json())
+    manifest = describe_folder(folder, req, hf_config)
+    (folder / BUNDLE_JSON).write_bytes(manifest.to_json())
     return manifest
+
+
+def build_bundle(req: BuildRequest) -> BundleManifest:
+    """Copy an ONNX GenAI folder into ``req.out`` and write ``bundle.json``."""
+    require_empty(req.out)
+    if not (req.source / GENAI_CONFIG).is_file():
+        if (req.source / "config.json").is_file():
+            raise InvalidArgument(
+                "source",
+                f"{req.source} is a Hugging Face checkpoint, not an ONNX GenAI folder: "
+                f"build it with --from-hf {req.source} --context TOKENS",
+            )
+        raise InvalidArgument("source", f"{req.source} has no {GENAI_CONFIG}")
+    shutil.copytree(req.source, req.out, dirs_exist_ok=True, symlinks=False)
+    for leftover in (req.out / BUNDLE_JSON, req.out / SIGNATURES_DIR):
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink(missing_ok=True)
+    return write_manifest(req.out, req)

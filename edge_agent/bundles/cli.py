@@ -21,7 +21,12 @@ from edge_agent.bundles._admission import BoxRules, check_bundle
 from edge_agent.bundles._archive import ArchiveLimits, pack_bundle, unpack_bundle
 from edge_agent.bundles._build import BuildRequest, build_bundle
 from edge_agent.bundles._config import BundlesConfig
-from edge_agent.bundles._format import agent_version, format_time, load_manifest
+from edge_agent.bundles._format import (
+    BundleManifest,
+    agent_version,
+    format_time,
+    load_manifest,
+)
 from edge_agent.bundles._keys import (
     generate_keypair,
     key_id,
@@ -95,23 +100,76 @@ def _print(obj: Any) -> None:
 
 # -- bundle ---------------------------------------------------------------------------------
 def _cmd_build(args: argparse.Namespace) -> int:
+    if (args.source is None) == (args.from_hf is None):
+        raise InvalidArgument("source", "give an ONNX GenAI folder or --from-hf CHECKPOINT")
     req = BuildRequest(
-        source=args.source,
+        source=args.from_hf or args.source,
         out=args.out,
         name=args.name,
         version=args.version,
         release=args.release,
         execution_provider=args.ep,
         precision=args.precision,
-        via=args.via,
         expires_in=args.expires_in,
         min_agent_version=args.min_agent_version,
-        builder_options=tuple(args.builder_option or ()),
     )
-    manifest = build_bundle(req, progress=not args.quiet)
+    # Asked before a build that may take hours, not after it.
+    password = _password(args) if args.sign and not args.dry_run else None
+    if args.from_hf is not None:
+        manifest = _build_from_hf(args, req)
+        if manifest is None:
+            return 0
+    else:
+        recipe_only = ("--context", "--dry-run", "--force", "--builder-option", "--max-batch-size")
+        given = (args.context, args.dry_run, args.force, args.builder_option, args.max_batch_size)
+        for flag, value in zip(recipe_only, given, strict=True):
+            if value:
+                raise InvalidArgument(flag, "only with --from-hf")
+        manifest = build_bundle(req)
     for key in args.sign or ():
-        sign_bundle(args.out, key, password=_password(args))
+        sign_bundle(args.out, key, password=password)
     print(manifest.to_json().decode(), end="")
+    return 0
+
+
+def _build_from_hf(args: argparse.Namespace, req: BuildRequest) -> BundleManifest | None:
+    """The recipe (edge_agent/bundles/_recipe.py); None after a dry run."""
+    from edge_agent.bundles._recipe import Recipe, build_from_checkpoint, plan_recipe
+
+    if args.context is None:
+        raise InvalidArgument("--context", "required with --from-hf (tokens per request)")
+    if args.precision != "int4":
+        raise InvalidArgument("--precision", "the --from-hf recipe builds int4")
+    recipe = Recipe(
+        checkpoint=args.from_hf,
+        context=args.context,
+        execution_provider=args.ep,
+        max_batch_size=16 if args.max_batch_size is None else args.max_batch_size,
+        options=tuple(args.builder_option or ()),
+    )
+    plan = plan_recipe(recipe, args.out)
+    # The plan is the dry run's answer (stdout); otherwise progress (stderr), so stdout
+    # stays the bundle.json a script can read.
+    stream = sys.stdout if args.dry_run else sys.stderr
+    for line in plan.describe():
+        print(line, file=stream)
+    if args.dry_run:
+        print(f"bundle: {args.out} (bundle.json, {len(args.sign or ())} signature(s))")
+        return None
+    return build_from_checkpoint(req, plan, force=args.force, progress=not args.quiet)
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from edge_agent.bundles._estimate import estimate, estimate_table
+
+    try:
+        config = json.loads(args.config.read_text(encoding="utf-8"))
+        if args.markdown:
+            print(estimate_table(config))
+        else:
+            _print(estimate(config, args.ep, args.block_size))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InvalidArgument("--config", f"not a decoder's config.json ({exc})") from exc
     return 0
 
 
@@ -238,19 +296,43 @@ def _password_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_bundle_commands(subparsers: Any) -> None:
-    """Add ``bundle build|sign|verify|pack|push|rollback|list`` to the main CLI."""
+    """Add ``bundle build|estimate|sign|verify|pack|push|rollback|list`` to the main CLI."""
     bundle = subparsers.add_parser("bundle", help="build, sign, verify and push model bundles")
     sub = bundle.add_subparsers(dest="bundle_command", required=True)
 
-    p = _sub(sub, "build", _cmd_build, "convert HF weights (or copy an ONNX GenAI folder)")
-    p.add_argument("source", type=Path, help="Hugging Face model folder or ONNX GenAI folder")
+    p = _sub(
+        sub,
+        "build",
+        _cmd_build,
+        "describe an ONNX GenAI folder as a bundle, or build one from a Hugging Face "
+        "checkpoint (--from-hf: the build extra's recipe)",
+    )
+    p.add_argument("source", type=Path, nargs="?", help="ONNX GenAI folder")
+    p.add_argument(
+        "--from-hf", type=Path, metavar="CHECKPOINT", help="Hugging Face checkpoint folder"
+    )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--version", required=True)
     p.add_argument("--release", type=int, required=True, help="anti-rollback counter")
-    p.add_argument("--ep", default="cpu", help="execution provider: cpu, cuda, dml, ...")
+    p.add_argument(
+        "--ep", default="cpu", help="execution provider: cpu, cuda, dml, webgpu (default cpu)"
+    )
     p.add_argument("--precision", default="int4", choices=["int4", "fp16", "fp32", "bf16"])
-    p.add_argument("--via", default="builder", choices=["builder", "optimum"])
+    p.add_argument(
+        "--context",
+        type=int,
+        help="--from-hf: tokens served per request (search.max_length = context_length)",
+    )
+    p.add_argument("--max-batch-size", type=int, help="--from-hf: static batch (default 16)")
+    p.add_argument(
+        "--builder-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="--from-hf: one more builder option (block_size=128, algo_config=k_quant, ...)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="--from-hf: print the plan, run nothing")
+    p.add_argument("--force", action="store_true", help="--from-hf: build despite too little RAM")
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--expires-in", type=parse_duration, default=timedelta(days=365), help="default 365d"
@@ -263,12 +345,20 @@ def add_bundle_commands(subparsers: Any) -> None:
         help="never expires: only lab boxes ([bundles] require_expiry = false) accept it",
     )
     p.add_argument("--min-agent-version", default="0.1.0")
-    p.add_argument(
-        "--builder-option", action="append", metavar="KEY=VALUE", help="builder extra option"
-    )
     p.add_argument("--sign", type=Path, action="append", help="private key (repeatable)")
     p.add_argument("--quiet", action="store_true")
     _password_args(p)
+
+    p = _sub(
+        sub,
+        "estimate",
+        _cmd_estimate,
+        "memory figures of an int4 export from a Hugging Face config.json (no download)",
+    )
+    p.add_argument("--config", type=Path, required=True, help="Hugging Face config.json")
+    p.add_argument("--ep", default="cpu", help="execution provider: cpu, cuda, ...")
+    p.add_argument("--block-size", type=int, default=32, help="int4 quantization block")
+    p.add_argument("--markdown", action="store_true", help="the table used in the docs")
 
     p = _sub(sub, "sign", _cmd_sign, "add signatures/<key-id>.sig to a bundle folder")
     p.add_argument("folder", type=Path)

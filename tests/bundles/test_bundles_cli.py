@@ -6,6 +6,8 @@ import argparse
 import json
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,18 +110,41 @@ def test_key_rotation_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert _cli("keys", "revoke", listed["keys"][0]["key_id"], "--store", store) == 0
 
 
-def test_build_reports_a_failing_converter(
+def test_build_of_a_checkpoint_folder_points_to_the_recipe(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     hf = tmp_path / "hf"
     hf.mkdir()
     (hf / "config.json").write_text(json.dumps({"architectures": ["MistralForCausalLM"]}))
-    rc = _cli("bundle", "build", hf, "--out", tmp_path / "out", "--name", "m", "--version", "1",
-              "--release", "1", "--quiet")  # fmt: skip
-    assert rc == 1
+    common: list[str | Path] = ["--out", tmp_path / "out", "--name", "m", "--version", "1"]
+    common += ["--release", "1"]
+    assert _cli("bundle", "build", hf, *common, "--quiet") == 1
     err = capsys.readouterr().err
-    assert "conversion failed" in err
-    assert not (tmp_path / ".out.build").exists()
+    assert "is a Hugging Face checkpoint, not an ONNX GenAI folder" in err
+    assert f"--from-hf {hf} --context TOKENS" in err
+    # Recipe options make no sense for a folder that is already built: refused, not ignored.
+    assert _cli("bundle", "build", _onnx_folder(tmp_path), *common, "--context", "4096") == 1
+    assert "--context: only with --from-hf" in capsys.readouterr().err
+    assert _cli("bundle", "build", hf, *common, "--from-hf", hf, "--context", "8") == 1
+    assert "give an ONNX GenAI folder or --from-hf CHECKPOINT" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_cli_and_the_recipe_never_import_the_build_extra() -> None:
+    """The daemon's venv has no torch: importing the CLI, the bundles package and the recipe
+    itself must not pull torch, transformers, mistral-common or the builder's onnx packages
+    (checked where they are installed too: the build venv)."""
+    code = (
+        "import sys, edge_agent.cli, edge_agent.bundles, edge_agent.bundles.cli, "
+        "edge_agent.bundles._recipe, edge_agent.bundles._estimate\n"
+        "heavy = {'torch', 'transformers', 'mistral_common', 'onnx', 'onnx_ir', 'onnxscript'}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+        "print('edge_agent.bundles._recipe' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.splitlines() == ["[]", "True"]
 
 
 def test_build_of_the_demo_writes_the_shipped_facts(tmp_path: Path) -> None:

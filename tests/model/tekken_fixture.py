@@ -3,7 +3,8 @@
 The committed folder keeps tokenizer.json xz-compressed; ``tekken_model_dir`` unpacks a copy
 into a folder onnxruntime-genai can load. ``reference_tokenizer`` is mistral-common's V7 Tekken
 instruct tokenizer over the Tekken file its wheel ships, the same file the fixture's
-tokenizer.json was converted from (scripts/make_tekken_model.py).
+tokenizer.json was converted from (scripts/make_tekken_model.py, through
+``edge-agent bundle build --from-hf``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ import mistral_common
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "models" / "tiny-v7-tekken"
-SCRIPTS = (ROOT / "scripts" / "make_tekken_model.py", ROOT / "scripts" / "export_mistral.py")
+# What made the fixture (scripts/v7_checkpoint.py FIXTURE_SOURCES): the model-making script,
+# the shared checkpoint code and the recipe `bundle build --from-hf` runs.
+SOURCES = (
+    ROOT / "scripts" / "make_tekken_model.py",
+    ROOT / "scripts" / "v7_checkpoint.py",
+    ROOT / "edge_agent" / "bundles" / "_recipe.py",
+)
 TEKKEN = Path(mistral_common.__file__).parent / "data" / "tekken_240911.json"
 
 
@@ -35,7 +42,7 @@ def tekken_model_dir(into: Path) -> Path:
 
 def script_digest() -> str:
     """As scripts/make_tekken_model.py records it in the fixture's SOURCES.md."""
-    return hashlib.sha256(b"".join(p.read_bytes() for p in SCRIPTS)).hexdigest()
+    return hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES)).hexdigest()
 
 
 def reference_tokenizer() -> Any:

@@ -103,8 +103,7 @@ async def test_trial_load_checks_the_bundle_memory_estimate(tmp_path: Path) -> N
     source = tekken_model_dir(tmp_path / "src")
     bundle = tmp_path / "bundle"
     manifest = build_bundle(
-        BuildRequest(source=source, out=bundle, name="v7", version="1", release=1),
-        progress=False,
+        BuildRequest(source=source, out=bundle, name="v7", version="1", release=1)
     )
     estimate = manifest.model.memory_estimate_bytes
     assert identity_from_dir(bundle).memory_estimate_bytes == estimate

@@ -231,7 +231,8 @@ def test_demo_json_schema_guidance_yields_schema_valid_json(
 
 
 def test_demo_estimate_matches_the_exported_weights(bundle: dict[str, Any]) -> None:
-    estimator = load_script("model_estimate")
+    from edge_agent.bundles import _estimate as estimator
+
     size = load_script("make_demo_model").SIZES["demo"]
     hf_config = {
         "hidden_size": size.hidden,
@@ -250,8 +251,9 @@ def test_demo_estimate_matches_the_exported_weights(bundle: dict[str, Any]) -> N
 
 
 def test_mistral_small_3_readme_table_is_computed_not_typed() -> None:
+    from edge_agent.bundles import _estimate as estimator
+
     recipe = ROOT / "models" / "mistral-small-3"
-    estimator = load_script("model_estimate")
     table = estimator.estimate_table(json.loads((recipe / "config.json").read_text()))
     readme = (recipe / "README.md").read_text()
     block = readme.split("<!-- estimate-table -->\n", 1)[1].split("\n<!-- /estimate-table -->")[0]

@@ -1,20 +1,16 @@
 """Memory figures of an int4 ONNX GenAI export of a Llama/Mistral-style decoder, from config.json.
 
-Stdlib only, so it runs in the daemon's venv. Used for the Mistral Small 3 recipe
-(models/mistral-small-3/README.md) and checked against the demo model's real export by
-tests/model:
-
-    .venv/bin/python scripts/model_estimate.py --config models/mistral-small-3/config.json
-
-`scripts/make_demo_model.py --estimate-only --config ...` runs the same code.
+Stdlib only: the daemon's venv runs it (``edge-agent bundle estimate --config CONFIG``) and so
+does the recipe (``bundle build --from-hf`` refuses a build machine with too little RAM before
+the builder starts). Checked against the demo model's real export by tests/model; the table in
+models/mistral-small-3/README.md is its output (``--markdown``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
 from typing import Any
+
+__all__ = ["BUILD_BYTES_PER_PARAM", "BYTES_PER_KV_ELEMENT", "estimate", "estimate_table"]
 
 BYTES_PER_KV_ELEMENT = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 # The builder's peak anonymous memory per parameter: every weight materialised in fp32 before
@@ -100,21 +96,3 @@ def estimate_table(hf_config: dict[str, Any]) -> str:
         full = gib(est["kv_bytes_full_context"][dtype])
         rows.append(f"| KV cache {dtype}: per 1k tokens, full context | {per_1k}, {full} |")
     return "\n".join(rows)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=Path, required=True, help="Hugging Face config.json")
-    parser.add_argument("--ep", default="cpu", help="execution provider: cpu, cuda, dml, ...")
-    parser.add_argument("--block-size", type=int, default=32, help="int4 quantization block")
-    parser.add_argument("--markdown", action="store_true", help="the table used in the docs")
-    args = parser.parse_args(argv)
-    hf_config = json.loads(args.config.read_text())
-    if args.markdown:
-        print(estimate_table(hf_config))
-    else:
-        print(json.dumps(estimate(hf_config, args.ep, args.block_size), indent=2))
-
-
-if __name__ == "__main__":
-    main()
