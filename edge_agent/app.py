@@ -411,6 +411,7 @@ class Agent:
                 auth=HttpAuth(authenticator, limiter, accept_any_token=cfg.http.accept_any_token),
                 limits=cfg.engine,
                 max_body_bytes=cfg.http.max_body_bytes,
+                sse_ping_interval_s=cfg.http.sse_ping_interval_s,
             )
             self._http = HttpServer(
                 app, cfg.http, cfg.tls, self.device_cert, grace_s=cfg.server.grace_s
