@@ -36,6 +36,7 @@ from edge_agent.discovery import (
     Advertiser,
     BoxAnnouncement,
     advertised_endpoint,
+    advertised_http,
     local_addresses,
 )
 from edge_agent.engine import EngineSupervisor, identity_from_dir
@@ -450,6 +451,10 @@ class Agent:
             )
             return
         addresses, port = endpoint
+        # The OpenAI-compatible API too, when it listens on those same addresses.
+        http = advertised_http(
+            self._http.bound if self._http else [], addresses, local, discovery.interfaces
+        )
         info = self.engine.info
         snapshot = self.pressure.snapshot
         self._advertiser = Advertiser(
@@ -463,6 +468,8 @@ class Agent:
                 model_version=self.engine.model.version,
                 execution_provider=info.execution_provider if info else "",
                 pressure=snapshot.level.label if snapshot else "ok",
+                http_port=int(http.rpartition(":")[2]) if http else None,
+                http_tls=http is not None and needs_tls(self.config.tls, http),
             ),
         )
         try:

@@ -89,6 +89,11 @@ class HttpServer:
         """The bound port of each ``http.listen`` address, in order."""
         return [b.port for b in self._bound]
 
+    @property
+    def bound(self) -> list[str]:
+        """``http.listen`` with each address's bound port (``:0`` resolved)."""
+        return [f"{b.address.rpartition(':')[0]}:{b.port}" for b in self._bound]
+
     def _uvicorn_config(self, address: str) -> uvicorn.Config:
         ssl: dict[str, str] = {}
         if needs_tls(self._tls, address):
