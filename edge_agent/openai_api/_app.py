@@ -25,10 +25,11 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from edge_agent.chat import CallContext, ChatChunk, ChatSpec
-from edge_agent.errors import NotFound
+from edge_agent.errors import DeadlineExceeded, NotFound
 from edge_agent.openai_api._auth import HttpAuth
 from edge_agent.openai_api._convert import (
     ModelNames,
+    deadline_from_headers,
     invalid_from_validation,
     provenance_out,
     spec_from_request,
@@ -103,6 +104,10 @@ def _provenance_header(chunk: ChatChunk) -> str:
         ("reason", p.decision_reason),
     ]
     return "; ".join(f"{k}={v}" for k, v in items if v and v.isascii() and v.isprintable())
+
+
+def _expired() -> DeadlineExceeded:
+    return DeadlineExceeded("the request's deadline (X-Edge-Deadline-Ms) passed")
 
 
 class _ClientGone(Exception):
@@ -261,44 +266,60 @@ class _ChatResponse(Response):
         raw.append((b"content-type", media_type.encode("latin-1")))
         return {"type": "http.response.start", "status": 200, "headers": raw}
 
+    def _expiry(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """Ends the answer at the client's ``X-Edge-Deadline-Ms`` (TimeoutError at its exit);
+        the stream is then closed, which cancels the generation."""
+        if self._call.deadline is None:
+            return contextlib.nullcontext()
+        loop = asyncio.get_running_loop()
+        return asyncio.timeout_at(loop.time() + self._call.deadline - time.monotonic())
+
     async def _send_stream(self, stream: AsyncIterator[ChatChunk], send: Send) -> None:
         rid = self._call.request_id
         out = _SseOut(send, self._start("text/event-stream; charset=utf-8", {}), self._ping_s)
         async with out.pinging():
             try:
-                first = await anext(stream)
-            except Exception as exc:
-                # Nothing was sent yet: a refusal is a real HTTP status (unless a keep-alive
-                # ping had to start the stream first).
-                await out.refuse(exc, rid)
-                return
-            role_sent = False
-            chunk: ChatChunk | None = first
-            try:
-                while chunk is not None:
-                    if not role_sent or chunk.delta:
-                        delta = (
-                            Delta(role="assistant", content=chunk.delta)
-                            if not role_sent
-                            else Delta(content=chunk.delta)
-                        )
-                        role_sent = True
-                        await out.event(self._chunk(delta))
-                    if chunk.tool_calls:
-                        calls = [
-                            ToolCallDelta(index=i, id=c.id, function=c.function)
-                            for i, c in enumerate(tool_calls_out(chunk))
-                        ]
-                        await out.event(self._chunk(Delta(tool_calls=calls)))
-                    if chunk.finish_reason is not None:
-                        await self._finish(chunk, out)
-                        return
-                    chunk = await anext(stream, None)
-            except Exception as exc:
-                # Headers are gone: the error travels as an event, as OpenAI's streams do.
-                await out.fail(exc, rid)
-                return
-            await out.event(b"", last=True)
+                async with self._expiry():
+                    await self._events(stream, out)
+            except TimeoutError:
+                await out.refuse(_expired(), rid)
+
+    async def _events(self, stream: AsyncIterator[ChatChunk], out: _SseOut) -> None:
+        rid = self._call.request_id
+        try:
+            first = await anext(stream)
+        except Exception as exc:
+            # Nothing was sent yet: a refusal is a real HTTP status (unless a keep-alive
+            # ping had to start the stream first).
+            await out.refuse(exc, rid)
+            return
+        role_sent = False
+        chunk: ChatChunk | None = first
+        try:
+            while chunk is not None:
+                if not role_sent or chunk.delta:
+                    delta = (
+                        Delta(role="assistant", content=chunk.delta)
+                        if not role_sent
+                        else Delta(content=chunk.delta)
+                    )
+                    role_sent = True
+                    await out.event(self._chunk(delta))
+                if chunk.tool_calls:
+                    calls = [
+                        ToolCallDelta(index=i, id=c.id, function=c.function)
+                        for i, c in enumerate(tool_calls_out(chunk))
+                    ]
+                    await out.event(self._chunk(Delta(tool_calls=calls)))
+                if chunk.finish_reason is not None:
+                    await self._finish(chunk, out)
+                    return
+                chunk = await anext(stream, None)
+        except Exception as exc:
+            # Headers are gone: the error travels as an event, as OpenAI's streams do.
+            await out.fail(exc, rid)
+            return
+        await out.event(b"", last=True)
 
     async def _finish(self, chunk: ChatChunk, out: _SseOut) -> None:
         extra: dict[str, Any] = {}
@@ -320,10 +341,14 @@ class _ChatResponse(Response):
         calls = []
         last: ChatChunk | None = None
         try:
-            async for chunk in stream:
-                text.append(chunk.delta)
-                calls.extend(tool_calls_out(chunk))
-                last = chunk
+            async with self._expiry():
+                async for chunk in stream:
+                    text.append(chunk.delta)
+                    calls.extend(tool_calls_out(chunk))
+                    last = chunk
+        except TimeoutError:
+            await send_response(error_response(_expired(), self._call.request_id), send)
+            return
         except Exception as exc:
             await send_response(error_response(exc, self._call.request_id), send)
             return
@@ -396,6 +421,7 @@ def build_app(
         return ""
 
     async def chat_completions(request: Request) -> Response:
+        arrived = time.monotonic()  # the deadline counts from here, as gRPC's from the call
         rid = _request_id(request)
         try:
             identity = auth.admit(
@@ -407,9 +433,10 @@ def build_app(
             except ValidationError as exc:
                 raise invalid_from_validation(exc) from None
             spec = spec_from_request(body, limits, ModelNames(local_name()), request.headers)
+            deadline = deadline_from_headers(request.headers, arrived)
         except Exception as exc:
             return error_response(exc, rid)
-        call = CallContext(client_id=identity.client_id, request_id=rid)
+        call = CallContext(client_id=identity.client_id, request_id=rid, deadline=deadline)
         return _ChatResponse(chat, spec, call, body, sse_ping_interval_s)
 
     def card(entry: ModelEntry) -> ModelCard:
