@@ -196,6 +196,7 @@ async def measure(sides: Sides, rounds: int, tokens: int, probes: int) -> dict[s
         res[f"{kind}_grpc_ms"] = statistics.median(g) * 1000
         res[f"{kind}_http_ms"] = statistics.median(h) * 1000
         diffs = [(b - a) * 1000 for a, b in zip(g, h, strict=True)]
+        res[f"{kind}_raw_ms"] = {k: [round(x * 1000, 2) for x in v] for k, v in values.items()}
         res[f"{kind}_added_ms"] = statistics.median(diffs)
         q = statistics.quantiles(diffs, n=4)
         res[f"{kind}_added_iqr"] = (q[0], q[2])
