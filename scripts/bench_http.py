@@ -11,6 +11,8 @@ both sides of a ratio:
   * added time to first token, HTTP over gRPC (target <= 2 ms p50), request by request;
   * non-streaming latency overhead: a whole short answer as one JSON body against the
     same answer consumed from a gRPC stream;
+  * CPU per token at 16 streams, of the daemon process and of this client process, to
+    tell a server's cost from a client's;
   * the official `openai` SDK (AsyncOpenAI) for one stream, to show a client library's own
     cost beside the lean httpx client.
 
@@ -149,29 +151,54 @@ class Sides:
 
 
 async def _throughput(
-    one: Callable[[str, int], Awaitable[tuple[int, float]]], n: int, tokens: int
+    one: Callable[[str, int], Awaitable[tuple[int, float]]],
+    n: int,
+    tokens: int,
+    cpu: dict[str, list[float]] | None = None,
+    daemon: psutil.Process | None = None,
 ) -> float:
+    """Aggregate tokens/s; with ``cpu``, also the CPU µs per token of this client process
+    and of the daemon's own process (its engine worker is a child, not counted)."""
+
+    def daemon_cpu() -> float:
+        if daemon is None:
+            return 0.0
+        t = daemon.cpu_times()
+        return float(t.user + t.system)
+
+    client0, daemon0 = time.process_time(), daemon_cpu()
     start = time.perf_counter()
     results = await asyncio.gather(*(one(PROMPTS[i % 16], tokens) for i in range(n)))
     elapsed = time.perf_counter() - start
     got = sum(t for t, _ in results)
     if got != n * tokens:
         raise SystemExit(f"expected {n * tokens} tokens, got {got}")
+    if cpu is not None:
+        cpu.setdefault("client", []).append((time.process_time() - client0) / got * 1e6)
+        cpu.setdefault("daemon", []).append((daemon_cpu() - daemon0) / got * 1e6)
     return got / elapsed
 
 
-async def measure(sides: Sides, rounds: int, tokens: int, probes: int) -> dict[str, Any]:
+async def measure(
+    sides: Sides, rounds: int, tokens: int, probes: int, daemon: psutil.Process
+) -> dict[str, Any]:
     runs: dict[str, list[float]] = {}
+    cpu: dict[str, dict[str, list[float]]] = {"grpc": {}, "http": {}}
     for r in range(rounds):
         # Which side goes first turns each round: neither always meets a warmer box.
         for n in (1, 16):
             pair = [("grpc", sides.grpc_stream), ("http", sides.http_stream)]
             for name, one in pair if r % 2 == 0 else pair[::-1]:
-                runs.setdefault(f"{name}_{n}", []).append(await _throughput(one, n, tokens))
+                side_cpu = cpu[name] if n == 16 else None
+                rate = await _throughput(one, n, tokens, side_cpu, daemon)
+                runs.setdefault(f"{name}_{n}", []).append(rate)
                 await asyncio.sleep(0.05)
         runs.setdefault("sdk_1", []).append(await _throughput(sides.sdk_stream, 1, tokens))
         runs.setdefault("grpc_1b", []).append(await _throughput(sides.grpc_stream, 1, tokens))
     res: dict[str, Any] = {k: statistics.median(v) for k, v in runs.items()}
+    for name, parts in cpu.items():
+        for part, samples in parts.items():
+            res[f"cpu_{part}_{name}_us"] = statistics.median(samples)
     for key, over in (("1", "grpc_1"), ("16", "grpc_16"), ("sdk", "grpc_1b")):
         mine = runs["http_" + key] if key != "sdk" else runs["sdk_1"]
         ratios = [h / g for h, g in zip(mine, runs[over], strict=True)]
@@ -214,7 +241,9 @@ def _bench(model: Path, rounds: int, tokens: int, probes: int, lanes: int) -> di
                 sides = Sides(daemon.target, http_port)
                 try:
                     await sides.open()
-                    return await measure(sides, rounds, tokens, probes)
+                    return await measure(
+                        sides, rounds, tokens, probes, psutil.Process(daemon.proc.pid)
+                    )
                 finally:
                     await sides.close()
 
@@ -256,6 +285,12 @@ def render(res: dict[str, Any], args: argparse.Namespace, note: str) -> str:
         f"| whole 16-token answer, p50 (ms; HTTP non-streaming JSON) | {res['whole_grpc_ms']:.2f} "
         f"| {res['whole_http_ms']:.2f} | **{res['whole_added_ms']:+.2f} ms** "
         f"(IQR {_range(res['whole_added_iqr'])}) | |",
+        f"| daemon process CPU per token, 16 streams (µs; engine worker excluded) "
+        f"| {res['cpu_daemon_grpc_us']:.0f} | {res['cpu_daemon_http_us']:.0f} "
+        f"| {res['cpu_daemon_http_us'] - res['cpu_daemon_grpc_us']:+.0f} µs | |",
+        f"| client process CPU per token, 16 streams (µs) | {res['cpu_client_grpc_us']:.0f} "
+        f"| {res['cpu_client_http_us']:.0f} "
+        f"| {res['cpu_client_http_us'] - res['cpu_client_grpc_us']:+.0f} µs | |",
         f"| `openai` SDK (AsyncOpenAI), 1 stream (tok/s) | {res['grpc_1b']:.1f} "
         f"| {res['sdk_1']:.1f} "
         f"| {res['ratio_sdk']:.2f}× ({_range(res['ratio_sdk_range'])}) | |",
@@ -265,11 +300,13 @@ def render(res: dict[str, Any], args: argparse.Namespace, note: str) -> str:
         "differences, HTTP minus gRPC, with their interquartile range. The HTTP client is "
         "httpx reading SSE lines and decoding each JSON chunk, as a lean client does; the "
         "`openai` SDK row adds that library's own per-chunk cost (pydantic models), measured "
-        "against gRPC in the same round. Both servers run in the daemon's one process and "
-        "event loop, beside an engine worker that uses every core, so each API's per-token "
-        "cost (an SSE event and its JSON here, a protobuf message there) competes with the "
-        "engine for CPU; on a box whose tokens cost more (Mistral Small 3: hundreds of ms "
-        "per token on CPU) that per-token cost vanishes.",
+        "against gRPC in the same round. The CPU rows split the cost of a token: the daemon "
+        "process (both servers share its one event loop; the engine worker is a separate "
+        "process) and the benchmark's client process. Both compete with the engine worker for "
+        "the same cores here, so at 16 streams, where the engine uses every core, what a side "
+        "costs in CPU comes off the engine's tokens/s; on a box whose tokens cost more "
+        "(Mistral Small 3: hundreds of ms per token on CPU) or whose clients run elsewhere, "
+        "that per-token cost vanishes.",
     ]
     return "\n".join(lines) + "\n"
 
