@@ -56,7 +56,7 @@ def tools_from_openai(tools: Iterable[Mapping[str, Any]]) -> tuple[ToolSpec, ...
     function objects) as :class:`ToolSpec`; the server checks names and schemas."""
     out = []
     for i, tool in enumerate(tools):
-        function = tool.get("function", tool)
+        function = tool.get("function", tool) if isinstance(tool, Mapping) else None
         if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
             raise ValueError(f"tools[{i}]: a function with a name is needed")
         parameters = function.get("parameters", {})

@@ -43,8 +43,9 @@ def test_tools_from_openai_keeps_the_schema() -> None:
     assert spec.description == WEATHER_TOOL["function"]["description"]
     assert json.loads(spec.parameters_json) == SCHEMA
     assert tools_from_openai([WEATHER_TOOL["function"]]) == TOOLS  # a bare function object
-    with pytest.raises(ValueError, match=r"tools\[0\]"):
-        tools_from_openai([{"type": "function"}])
+    for bad in ([{"type": "function"}], [1], [{"function": "get_weather"}]):
+        with pytest.raises(ValueError, match=r"tools\[0\]"):
+            tools_from_openai(bad)  # type: ignore[arg-type]
 
 
 async def test_async_client_forced_call_validates(daemon: RunningAgent) -> None:
