@@ -56,7 +56,9 @@ def _busy(running: RunningAgent) -> bool:
     return bool(stats["active"] or stats["pending_in_engines"] or stats["waiting"])
 
 
-def _wait_let_go(running: RunningAgent, cancelled_before: float, request_id: str) -> None:
+def _wait_let_go(
+    running: RunningAgent, cancelled_before: float, request_id: str, why: str = "deadline"
+) -> None:
     """The generation was cancelled (not run to its end), the worker let go of it, and the
     audit says why."""
     until = time.monotonic() + 10
@@ -67,7 +69,7 @@ def _wait_let_go(running: RunningAgent, cancelled_before: float, request_id: str
     assert _cancelled(running) == cancelled_before + 1
     assert not _busy(running), "the worker let go of the request"
     record = next(r for r in running.agent.audit.tail(10) if r.request_id == request_id)
-    assert [a["outcome"] for a in record.attempt_list()] == ["deadline"]
+    assert [a["outcome"] for a in record.attempt_list()] == [why]
 
 
 def _body(**extra: Any) -> dict[str, Any]:
@@ -105,6 +107,23 @@ def test_pings_arrive_while_the_first_token_is_delayed(slow_prefill: RunningAgen
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == content
     assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_leaving_while_only_pings_came_cancels_the_prefill(slow_prefill: RunningAgent) -> None:
+    before = _cancelled(slow_prefill)
+    with (
+        httpx.Client(base_url=base_url(slow_prefill), timeout=60) as http,
+        http.stream(
+            "POST",
+            "/v1/chat/completions",
+            json=_body(stream=True),
+            headers={"X-Request-Id": "gone-in-prefill"},
+        ) as response,
+    ):
+        assert response.status_code == 200
+        assert next(response.iter_lines()) == ": ping"
+    # The connection closed while the prompt was still being read.
+    _wait_let_go(slow_prefill, before, "gone-in-prefill", why="cancelled")
 
 
 def _expired(error: dict[str, Any]) -> None:
