@@ -247,6 +247,11 @@ class _ChatResponse(Response):
                     await _until_disconnect(receive, self._send_completion(stream, send))
             except _ClientGone:
                 return  # aclosing() closes the stream: the generation is cancelled
+            # A stream answers at its final chunk; the chat path then ends its own way, so
+            # its metrics and audit say "ok", not "cancelled" (as closing it here would).
+            # Not watched for a disconnect: the client may leave once it has [DONE].
+            async for _ in stream:
+                pass
 
     def _chunk(self, delta: Delta, finish: str | None = None, **extra: Any) -> bytes:
         chunk = ChatCompletionChunk(
