@@ -25,7 +25,9 @@ def _clip(value: str) -> str:
 
 
 def _port(text: str) -> int | None:
-    return int(text) if text.isdigit() and 0 < int(text) < 65536 else None
+    # isascii: str.isdigit() also accepts "²", which int() refuses.
+    ok = text.isascii() and text.isdigit() and 0 < int(text) < 65536
+    return int(text) if ok else None
 
 
 @dataclass(frozen=True, slots=True)

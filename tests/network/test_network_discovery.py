@@ -130,7 +130,9 @@ def test_txt_round_trip_and_hostile_values() -> None:
     assert back.mtls_port == 7
     assert back.fingerprint == "f" * 64
     assert back.http_port is None and "http" not in props and "https" not in props
-    junk = BoxAnnouncement.from_properties({"mtls": "99999", "fp": "zz", "http": "0x50"})
+    junk = BoxAnnouncement.from_properties(
+        {"mtls": "99999", "fp": "zz", "http": "0x50", "https": "²"}
+    )
     assert junk.mtls_port is None
     assert junk.http_port is None
     box = DiscoveredBox("n", "h", ("127.0.0.1",), 1, junk)
