@@ -43,6 +43,7 @@ from edge_agent.discovery import (
     Advertiser,
     BoxAnnouncement,
     advertised_endpoint,
+    advertised_http,
     local_addresses,
 )
 from edge_agent.engine import EngineSupervisor, identity_from_dir
@@ -413,6 +414,7 @@ class Agent:
                 auth=HttpAuth(authenticator, limiter, accept_any_token=cfg.http.accept_any_token),
                 limits=cfg.engine,
                 max_body_bytes=cfg.http.max_body_bytes,
+                sse_ping_interval_s=cfg.http.sse_ping_interval_s,
             )
             self._http = HttpServer(
                 app, cfg.http, cfg.tls, self.device_cert, grace_s=cfg.server.grace_s
@@ -451,6 +453,10 @@ class Agent:
             )
             return
         addresses, port = endpoint
+        # The OpenAI-compatible API too, when it listens on those same addresses.
+        http = advertised_http(
+            self._http.bound if self._http else [], addresses, local, discovery.interfaces
+        )
         info = self.engine.info
         snapshot = self.pressure.snapshot
         self._advertiser = Advertiser(
@@ -464,6 +470,8 @@ class Agent:
                 model_version=self.engine.model.version,
                 execution_provider=info.execution_provider if info else "",
                 pressure=snapshot.level.label if snapshot else "ok",
+                http_port=int(http.rpartition(":")[2]) if http else None,
+                http_tls=http is not None and needs_tls(self.config.tls, http),
             ),
         )
         try:

@@ -15,9 +15,17 @@ import grpc
 
 import edge_agent
 from edge_agent._offline import disable_phone_home
-from edge_agent.client import ChatOptions, Client, DataClass, RoutePreference
+from edge_agent.client import (
+    ChatOptions,
+    Client,
+    DataClass,
+    RoutePreference,
+    ToolCall,
+    ToolSpec,
+    tools_from_openai,
+)
 from edge_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, default_config, load_config
-from edge_agent.errors import EdgeAgentError
+from edge_agent.errors import EdgeAgentError, InvalidArgument
 from edge_agent.tls import DEFAULT_ADMIN_SOCKET
 
 __all__ = ["main"]
@@ -64,7 +72,29 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_tools(path: str | None) -> tuple[ToolSpec, ...]:
+    """OpenAI's ``tools`` array from a JSON file (or one tool object)."""
+    if path is None:
+        return ()
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return tools_from_openai(data if isinstance(data, list) else [data])
+    except (OSError, ValueError) as exc:
+        raise InvalidArgument("--tools", f"{path}: {exc}") from None
+
+
+def _call_json(call: ToolCall) -> dict[str, object]:
+    try:
+        arguments: object = json.loads(call.arguments)
+    except ValueError:
+        arguments = call.arguments  # as the cloud sent it
+    return {"id": call.id, "name": call.name, "arguments": arguments}
+
+
 def _cmd_chat(args: argparse.Namespace) -> int:
+    tools = _read_tools(args.tools)
+    if args.tool_choice != "auto" and not tools:
+        raise InvalidArgument("--tool-choice", "needs --tools")
     options = ChatOptions(
         max_tokens=args.max_tokens,
         temperature=args.temperature,
@@ -74,17 +104,27 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         data_class=_DATA_CLASSES[args.data_class] if args.data_class else DataClass.UNSPECIFIED,
         route=_ROUTES[args.route],
         model=args.model or "",
+        tools=tools,
+        tool_choice=args.tool_choice,
     )
     messages = [("system", args.system)] if args.system else []
     messages.append(("user", args.prompt))
     with Client(_target(args), token=_token(args)) as client:
         final = None
+        calls: list[ToolCall] = []
+        wrote = False
         for chunk in client.chat(messages, options, timeout=args.timeout):
             sys.stdout.write(chunk.delta)
             sys.stdout.flush()
+            wrote = wrote or bool(chunk.delta)
+            calls.extend(chunk.tool_calls)
             if chunk.finish_reason is not None:
                 final = chunk
-        sys.stdout.write("\n")
+        if wrote or not calls:
+            sys.stdout.write("\n")
+        if calls:
+            # One JSON line, so scripts can pipe the calls (arguments decoded).
+            print(json.dumps([_call_json(c) for c in calls], ensure_ascii=False))
     if final is not None and final.provenance and final.usage and args.verbose:
         p, u = final.provenance, final.usage
         where = f"{p.model} {p.model_version} on {p.execution_provider or p.cloud_provider}"
@@ -229,6 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: the policy decides; local: never leave the box; large: ask for the cloud",
     )
     chat.add_argument("--model", default=None, help="a cloud model the policy allows")
+    chat.add_argument(
+        "--tools",
+        default=None,
+        metavar="FILE.json",
+        help="functions the model may call: OpenAI's tools array; calls print as one JSON line",
+    )
+    chat.add_argument(
+        "--tool-choice",
+        default="auto",
+        metavar="auto|none|required|NAME",
+        help="required: at least one call; NAME: one call of that tool (default auto)",
+    )
     chat.add_argument("-v", "--verbose", action="store_true", help="print provenance and usage")
     _client_args(chat)
     chat.set_defaults(func=_cmd_chat)

@@ -75,6 +75,9 @@ class HttpConfig:
     # callers (allowed anonymously by auth.allow_anonymous_loopback) may send any API key.
     accept_any_token: bool = False
     max_body_bytes: int = 4 * 1024 * 1024
+    # An SSE comment (``: ping``) after this many seconds without a byte on a stream (a long
+    # prefill, a queue), so proxies and clients with read timeouts keep it; 0 turns it off.
+    sse_ping_interval_s: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +198,9 @@ def _parse_http(r: TableReader) -> HttpConfig:
         accept_any_token=r.boolean("accept_any_token", d.accept_any_token),
         max_body_bytes=r.integer(
             "max_body_bytes", d.max_body_bytes, min_value=1024, max_value=256 * 1024 * 1024
+        ),
+        sse_ping_interval_s=r.number(
+            "sse_ping_interval_s", d.sse_ping_interval_s, min_value=0.0, max_value=3600.0
         ),
     )
     r.finish()

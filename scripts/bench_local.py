@@ -122,6 +122,7 @@ class Daemon:
         threads: int,
         spinning: bool = True,
         regroup_max_tokens: int = 16,
+        extra_toml: str = "",
     ) -> None:
         self.port = _free_port()
         config = tmp / "agent.toml"
@@ -135,7 +136,7 @@ class Daemon:
             # Measures the serving path, not the per-client limiter (its default would
             # throttle the back-to-back TTFT probes).
             "[auth]\nallow_anonymous_loopback = true\n"
-            "[auth.rate_limits.client]\nrequests_per_s = 0\n"
+            "[auth.rate_limits.client]\nrequests_per_s = 0\n" + extra_toml
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edge_agent.cli", "serve", "--config", str(config)]

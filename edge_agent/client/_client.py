@@ -12,11 +12,11 @@ from grpc import aio
 from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
 from edge_agent._proto.edge_agent.v1 import inference_pb2_grpc as pb_grpc
 from edge_agent.chat import ChatChunk
-from edge_agent.client._convert import ChatOptions, build_request, chunk_from_proto
+from edge_agent.client._convert import ChatOptions, MessageLike, build_request, chunk_from_proto
 
 __all__ = ["AsyncClient", "Client"]
 
-Messages = Sequence[tuple[str, str]]
+Messages = Sequence[MessageLike]
 
 
 def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:

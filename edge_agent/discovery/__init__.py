@@ -1,6 +1,11 @@
 """mDNS discovery: advertise this box, find boxes, connect with the fingerprint pinned."""
 
-from edge_agent.discovery._advertiser import Advertiser, advertised_endpoint, local_addresses
+from edge_agent.discovery._advertiser import (
+    Advertiser,
+    advertised_endpoint,
+    advertised_http,
+    local_addresses,
+)
 from edge_agent.discovery._browser import (
     BoxBrowser,
     DiscoveredBox,
@@ -22,6 +27,7 @@ __all__ = [
     "DiscoveryConfig",
     "add_discover_command",
     "advertised_endpoint",
+    "advertised_http",
     "discover",
     "discover_sync",
     "local_addresses",

@@ -17,7 +17,7 @@ from edge_agent.discovery._config import DiscoveryConfig
 from edge_agent.discovery._txt import SERVICE_TYPE, BoxAnnouncement
 from edge_agent.errors import FailedPrecondition, Unavailable
 
-__all__ = ["Advertiser", "advertised_endpoint", "local_addresses"]
+__all__ = ["Advertiser", "advertised_endpoint", "advertised_http", "local_addresses"]
 
 _log = logging.getLogger("edge_agent.discovery")
 
@@ -71,6 +71,27 @@ def advertised_endpoint(
             reachable = [a for a in reachable if a in wanted]
         if reachable:
             return sorted(str(a) for a in reachable), int(port)
+    return None
+
+
+def advertised_http(
+    listen: Sequence[str],
+    addresses: Sequence[str],
+    local: Sequence[str],
+    interfaces: Sequence[str] = (),
+) -> str | None:
+    """The ``http.listen`` address (bound port) to publish beside the gRPC endpoint.
+
+    The TXT record cannot say which address a port belongs to: a client connects to the
+    advertised ``addresses``, so an HTTP listener is published only if it accepts
+    connections on every one of them (the same reachability rules as
+    :func:`advertised_endpoint`). None when no listener does.
+    """
+    wanted = set(addresses)
+    for address in listen:
+        endpoint = advertised_endpoint([address], local, interfaces)
+        if endpoint is not None and wanted <= set(endpoint[0]):
+            return address
     return None
 
 

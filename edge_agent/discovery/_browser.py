@@ -41,6 +41,17 @@ class DiscoveredBox:
         except ValueError:
             return None
 
+    @property
+    def openai_base_url(self) -> str | None:
+        """``http(s)://ADDRESS:PORT/v1`` of the box's OpenAI-compatible API, on its first
+        advertised address; None when it advertises none. Pin ``fingerprint`` for https."""
+        a = self.announcement
+        if a.http_port is None or not self.addresses:
+            return None
+        address = self.addresses[0]
+        host = f"[{address}]" if ":" in address else address
+        return f"{'https' if a.http_tls else 'http'}://{host}:{a.http_port}/v1"
+
     def to_json(self) -> dict[str, Any]:
         a = self.announcement
         return {
@@ -49,6 +60,9 @@ class DiscoveredBox:
             "addresses": list(self.addresses),
             "port": self.port,
             "mtls_port": a.mtls_port,
+            "http_port": a.http_port,
+            "http_tls": a.http_tls,
+            "openai_base_url": self.openai_base_url,
             "api": a.api,
             "model": a.model,
             "model_version": a.model_version,

@@ -50,6 +50,8 @@ def cmd_discover(args: argparse.Namespace) -> int:
             f"  address     {where} port {box.port}"
             + (f" (mTLS {a.mtls_port})" if a.mtls_port else "")
         )
+        if box.openai_base_url:
+            print(f"  openai api  {box.openai_base_url}")
         print(f"  model       {a.model} {a.model_version} on {a.execution_provider or '?'}")
         print(f"  pressure    {a.pressure}")
         print(f"  device id   {a.device_id}")

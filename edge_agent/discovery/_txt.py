@@ -3,7 +3,9 @@
 Keys are short (DNS-SD advises ≤ 9 characters) and values plain text:
 ``api`` API version, ``model``/``mv`` active model and version, ``ep`` execution provider,
 ``pressure`` ok|elevated|critical, ``fp`` SHA-256 of the TLS certificate (hex, no colons),
-``id`` device id, ``mtls`` port of the mTLS listener (absent when none).
+``id`` device id, ``mtls`` port of the mTLS listener (absent when none), ``http`` or
+``https`` port of the OpenAI-compatible HTTP API on the same addresses (absent when it is
+not reachable there; ``https``: TLS with the certificate ``fp`` names).
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ def _clip(value: str) -> str:
     return data.decode("utf-8", errors="ignore")
 
 
+def _port(text: str) -> int | None:
+    # isascii: str.isdigit() also accepts "²", which int() refuses.
+    ok = text.isascii() and text.isdigit() and 0 < int(text) < 65536
+    return int(text) if ok else None
+
+
 @dataclass(frozen=True, slots=True)
 class BoxAnnouncement:
     """What the box publishes; the advertiser turns it into TXT properties."""
@@ -34,6 +42,8 @@ class BoxAnnouncement:
     pressure: str = "ok"
     mtls_port: int | None = None
     api: str = "v1"
+    http_port: int | None = None
+    http_tls: bool = False
 
     def properties(self) -> dict[str, str]:
         props = {
@@ -47,12 +57,14 @@ class BoxAnnouncement:
         }
         if self.mtls_port:
             props["mtls"] = str(self.mtls_port)
+        if self.http_port:
+            props["https" if self.http_tls else "http"] = str(self.http_port)
         return {k: _clip(v) for k, v in props.items()}
 
     @classmethod
     def from_properties(cls, props: Mapping[str, str]) -> BoxAnnouncement:
         """Parse a received TXT record (untrusted LAN input: every field is optional)."""
-        port = props.get("mtls", "")
+        https = _port(props.get("https", ""))
         return cls(
             fingerprint=props.get("fp", ""),
             device_id=props.get("id", ""),
@@ -60,6 +72,9 @@ class BoxAnnouncement:
             model_version=props.get("mv", ""),
             execution_provider=props.get("ep", ""),
             pressure=props.get("pressure", ""),
-            mtls_port=int(port) if port.isdigit() and 0 < int(port) < 65536 else None,
+            mtls_port=_port(props.get("mtls", "")),
             api=props.get("api", ""),
+            # A box that somehow sent both: TLS wins, plaintext is never chosen over it.
+            http_port=https or _port(props.get("http", "")),
+            http_tls=https is not None,
         )

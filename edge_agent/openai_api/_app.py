@@ -22,13 +22,14 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from edge_agent.chat import CallContext, ChatChunk, ChatSpec
-from edge_agent.errors import NotFound
+from edge_agent.errors import DeadlineExceeded, NotFound
 from edge_agent.openai_api._auth import HttpAuth
 from edge_agent.openai_api._convert import (
     ModelNames,
+    deadline_from_headers,
     invalid_from_validation,
     provenance_out,
     spec_from_request,
@@ -65,6 +66,7 @@ ChatHandler = Callable[[ChatSpec, CallContext], AsyncIterator[ChatChunk]]
 _REQUEST_ID = "x-request-id"
 _PROVENANCE = "x-edge-provenance"
 _DONE = ServerSentEvent(data="[DONE]", sep="\n").encode()
+_PING = ServerSentEvent(comment="ping", sep="\n").encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,10 @@ def _provenance_header(chunk: ChatChunk) -> str:
     return "; ".join(f"{k}={v}" for k, v in items if v and v.isascii() and v.isprintable())
 
 
+def _expired() -> DeadlineExceeded:
+    return DeadlineExceeded("the request's deadline (X-Edge-Deadline-Ms) passed")
+
+
 class _ClientGone(Exception):
     """The client closed the connection."""
 
@@ -140,6 +146,70 @@ async def _until_disconnect(receive: Receive, awaitable: Awaitable[Any]) -> Any:
             await watcher
 
 
+class _SseOut:
+    """The sends of one event stream: the status line once, then events, and a keep-alive
+    comment whenever nothing was sent for ``ping_s`` (a long prefill or queue before the
+    first token, a slow step), so proxies and clients with read timeouts keep the stream.
+    Clients ignore comment lines (the SSE specification; the ``openai`` SDK does)."""
+
+    def __init__(self, send: Send, start: Message, ping_s: float) -> None:
+        self._send = send
+        self._start = start
+        self._ping_s = ping_s
+        self._lock = asyncio.Lock()  # the pinger and the stream never interleave a send
+        self._last = time.monotonic()
+        self.started = self.closed = False
+
+    async def _body(self, data: bytes, last: bool) -> None:
+        if not self.started:
+            await self._send(self._start)
+            self.started = True
+        await self._send({"type": "http.response.body", "body": data, "more_body": not last})
+        self._last = time.monotonic()
+        self.closed = last
+
+    async def event(self, data: bytes, *, last: bool = False) -> None:
+        async with self._lock:
+            await self._body(data, last)
+
+    async def refuse(self, exc: Exception, request_id: str) -> None:
+        """An error before the first chunk: a real HTTP status while nothing was sent."""
+        async with self._lock:
+            if not self.started:
+                await send_response(error_response(exc, request_id), self._send)
+                self.started = self.closed = True
+                return
+        await self.fail(exc, request_id)
+
+    async def fail(self, exc: Exception, request_id: str) -> None:
+        _, err, _ = error_body(exc, request_id)
+        await self.event(_event(ErrorEnvelope(error=err)), last=True)
+
+    async def _ping(self) -> None:
+        while True:
+            await asyncio.sleep(max(0.0, self._last + self._ping_s - time.monotonic()))
+            async with self._lock:
+                if self.closed:
+                    return
+                if time.monotonic() - self._last >= self._ping_s:
+                    await self._body(_PING, last=False)
+
+    @contextlib.asynccontextmanager
+    async def pinging(self) -> AsyncIterator[None]:
+        if self._ping_s <= 0:
+            yield
+            return
+        task = asyncio.get_running_loop().create_task(self._ping())
+        try:
+            yield
+        finally:
+            task.cancel()
+            # A ping that failed (the client left) only ends the pings; the stream's own
+            # next send meets the same end.
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await task
+
+
 class _ChatResponse(Response):
     """Runs one chat while answering: SSE chunks or one JSON object."""
 
@@ -149,8 +219,10 @@ class _ChatResponse(Response):
         spec: ChatSpec,
         call: CallContext,
         request: ChatCompletionRequest,
+        ping_s: float,
     ) -> None:
         self._chat = chat
+        self._ping_s = ping_s
         self._spec = spec
         self._call = call
         self._stream = request.stream
@@ -175,6 +247,11 @@ class _ChatResponse(Response):
                     await _until_disconnect(receive, self._send_completion(stream, send))
             except _ClientGone:
                 return  # aclosing() closes the stream: the generation is cancelled
+            # A stream answers at its final chunk; the chat path then ends its own way, so
+            # its metrics and audit say "ok", not "cancelled" (as closing it here would).
+            # Not watched for a disconnect: the client may leave once it has [DONE].
+            async for _ in stream:
+                pass
 
     def _chunk(self, delta: Delta, finish: str | None = None, **extra: Any) -> bytes:
         chunk = ChatCompletionChunk(
@@ -186,25 +263,41 @@ class _ChatResponse(Response):
         )
         return _event(chunk)
 
-    async def _start(self, send: Send, media_type: str, extra: dict[str, str]) -> None:
+    def _start(self, media_type: str, extra: dict[str, str]) -> Message:
         headers = {_REQUEST_ID: self._call.request_id, **extra}
         if self._stream:
             headers["cache-control"] = "no-cache"
         raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         raw.append((b"content-type", media_type.encode("latin-1")))
-        await send({"type": "http.response.start", "status": 200, "headers": raw})
+        return {"type": "http.response.start", "status": 200, "headers": raw}
+
+    def _expiry(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """Ends the answer at the client's ``X-Edge-Deadline-Ms`` (TimeoutError at its exit);
+        the stream is then closed, which cancels the generation."""
+        if self._call.deadline is None:
+            return contextlib.nullcontext()
+        loop = asyncio.get_running_loop()
+        return asyncio.timeout_at(loop.time() + self._call.deadline - time.monotonic())
 
     async def _send_stream(self, stream: AsyncIterator[ChatChunk], send: Send) -> None:
+        rid = self._call.request_id
+        out = _SseOut(send, self._start("text/event-stream; charset=utf-8", {}), self._ping_s)
+        async with out.pinging():
+            try:
+                async with self._expiry():
+                    await self._events(stream, out)
+            except TimeoutError:
+                await out.refuse(_expired(), rid)
+
+    async def _events(self, stream: AsyncIterator[ChatChunk], out: _SseOut) -> None:
         rid = self._call.request_id
         try:
             first = await anext(stream)
         except Exception as exc:
-            # Nothing was sent yet: a refusal is a real HTTP status.
-            response = error_response(exc, rid)
-            await send_response(response, send)
+            # Nothing was sent yet: a refusal is a real HTTP status (unless a keep-alive
+            # ping had to start the stream first).
+            await out.refuse(exc, rid)
             return
-        await self._start(send, "text/event-stream; charset=utf-8", {})
-        body = {"type": "http.response.body", "more_body": True}
         role_sent = False
         chunk: ChatChunk | None = first
         try:
@@ -216,50 +309,51 @@ class _ChatResponse(Response):
                         else Delta(content=chunk.delta)
                     )
                     role_sent = True
-                    await send({**body, "body": self._chunk(delta)})
+                    await out.event(self._chunk(delta))
                 if chunk.tool_calls:
                     calls = [
                         ToolCallDelta(index=i, id=c.id, function=c.function)
                         for i, c in enumerate(tool_calls_out(chunk))
                     ]
-                    await send({**body, "body": self._chunk(Delta(tool_calls=calls))})
+                    await out.event(self._chunk(Delta(tool_calls=calls)))
                 if chunk.finish_reason is not None:
-                    await self._finish(chunk, send)
+                    await self._finish(chunk, out)
                     return
                 chunk = await anext(stream, None)
         except Exception as exc:
             # Headers are gone: the error travels as an event, as OpenAI's streams do.
-            _, err, _ = error_body(exc, rid)
-            await send({**body, "body": _event(ErrorEnvelope(error=err))})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await out.fail(exc, rid)
             return
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await out.event(b"", last=True)
 
-    async def _finish(self, chunk: ChatChunk, send: Send) -> None:
-        body = {"type": "http.response.body", "more_body": True}
+    async def _finish(self, chunk: ChatChunk, out: _SseOut) -> None:
         extra: dict[str, Any] = {}
         if (p := provenance_out(chunk)) is not None:
             extra["edge_provenance"] = p
         if (t := timing_out(chunk)) is not None:
             extra["edge_timing"] = t
-        await send({**body, "body": self._chunk(Delta(), chunk.finish_reason, **extra)})
+        await out.event(self._chunk(Delta(), chunk.finish_reason, **extra))
         usage = usage_out(chunk)
         if self._usage and usage is not None:
             final = ChatCompletionChunk(
                 id=self._id, created=self._created, model=self._model, choices=[], usage=usage
             )
-            await send({**body, "body": _event(final)})
-        await send({"type": "http.response.body", "body": _DONE, "more_body": False})
+            await out.event(_event(final))
+        await out.event(_DONE, last=True)
 
     async def _send_completion(self, stream: AsyncIterator[ChatChunk], send: Send) -> None:
         text: list[str] = []
         calls = []
         last: ChatChunk | None = None
         try:
-            async for chunk in stream:
-                text.append(chunk.delta)
-                calls.extend(tool_calls_out(chunk))
-                last = chunk
+            async with self._expiry():
+                async for chunk in stream:
+                    text.append(chunk.delta)
+                    calls.extend(tool_calls_out(chunk))
+                    last = chunk
+        except TimeoutError:
+            await send_response(error_response(_expired(), self._call.request_id), send)
+            return
         except Exception as exc:
             await send_response(error_response(exc, self._call.request_id), send)
             return
@@ -285,7 +379,7 @@ class _ChatResponse(Response):
         extra = {"content-length": str(len(data))}
         if last is not None and (header := _provenance_header(last)):
             extra[_PROVENANCE] = header
-        await self._start(send, "application/json", extra)
+        await send(self._start("application/json", extra))
         await send({"type": "http.response.body", "body": data, "more_body": False})
 
 
@@ -321,6 +415,7 @@ def build_app(
     auth: HttpAuth,
     limits: EngineConfig,
     max_body_bytes: int,
+    sse_ping_interval_s: float = 15.0,
 ) -> Starlette:
     """The ASGI application; the callables are the daemon's (tests pass the real ones)."""
 
@@ -331,6 +426,7 @@ def build_app(
         return ""
 
     async def chat_completions(request: Request) -> Response:
+        arrived = time.monotonic()  # the deadline counts from here, as gRPC's from the call
         rid = _request_id(request)
         try:
             identity = auth.admit(
@@ -342,10 +438,11 @@ def build_app(
             except ValidationError as exc:
                 raise invalid_from_validation(exc) from None
             spec = spec_from_request(body, limits, ModelNames(local_name()), request.headers)
+            deadline = deadline_from_headers(request.headers, arrived)
         except Exception as exc:
             return error_response(exc, rid)
-        call = CallContext(client_id=identity.client_id, request_id=rid)
-        return _ChatResponse(chat, spec, call, body)
+        call = CallContext(client_id=identity.client_id, request_id=rid, deadline=deadline)
+        return _ChatResponse(chat, spec, call, body, sse_ping_interval_s)
 
     def card(entry: ModelEntry) -> ModelCard:
         return ModelCard(

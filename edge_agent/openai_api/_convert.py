@@ -34,7 +34,9 @@ if TYPE_CHECKING:
     from edge_agent.config import EngineConfig
 
 __all__ = [
+    "HEADER_DEADLINE",
     "ModelNames",
+    "deadline_from_headers",
     "invalid_from_validation",
     "provenance_out",
     "spec_from_request",
@@ -60,6 +62,21 @@ _ROUTES = {
 HEADER_DATA_CLASS = "x-edge-data-class"
 HEADER_ROUTE = "x-edge-route"
 HEADER_PRIORITY = "x-edge-priority"
+HEADER_DEADLINE = "x-edge-deadline-ms"
+_MAX_DEADLINE_MS = 24 * 3600 * 1000
+
+
+def deadline_from_headers(headers: Mapping[str, str], now: float) -> float | None:
+    """``X-Edge-Deadline-Ms`` (gRPC's deadline for HTTP) as a ``time.monotonic()`` instant."""
+    value = headers.get(HEADER_DEADLINE)
+    if value is None:
+        return None
+    value = value.strip()
+    if not value.isascii() or not value.isdigit() or not 0 < int(value) <= _MAX_DEADLINE_MS:
+        raise InvalidArgument(
+            "X-Edge-Deadline-Ms", f"must be a whole number of milliseconds, 1 to {_MAX_DEADLINE_MS}"
+        )
+    return now + int(value) / 1000
 
 
 @dataclass(frozen=True, slots=True)

@@ -290,6 +290,37 @@ def _wait_cancelled(daemon: RunningAgent, before: float) -> None:
     assert not _busy(daemon), "the worker let go of the request"
 
 
+def _ok(daemon: RunningAgent) -> float:
+    value = daemon.agent.metrics.registry.get_sample_value(
+        "edge_agent_requests_total", {"outcome": "ok", "destination": "local"}
+    )
+    return value or 0.0
+
+
+def test_a_finished_stream_is_recorded_ok_not_cancelled(
+    daemon: RunningAgent, client: OpenAI
+) -> None:
+    """The SDK closes the response at [DONE]; the answer was whole, and the metrics and
+    audit say so (they said "cancelled" while the stream was closed at its final chunk)."""
+    ok, cancelled = _ok(daemon), _cancelled(daemon)
+    chunks = list(
+        client.chat.completions.create(
+            model=LOCAL_MODEL,
+            messages=[{"role": "user", "content": "Hi."}],
+            max_tokens=6,
+            stream=True,
+            extra_headers={"X-Request-Id": "whole-stream"},
+        )
+    )
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    until = time.monotonic() + 10
+    while _ok(daemon) == ok and time.monotonic() < until:
+        time.sleep(0.02)
+    assert (_ok(daemon), _cancelled(daemon)) == (ok + 1, cancelled)
+    record = next(r for r in daemon.agent.audit.tail(10) if r.request_id == "whole-stream")
+    assert [a["outcome"] for a in record.attempt_list()] == ["ok"]
+
+
 def test_client_disconnect_mid_stream_frees_the_slot(daemon: RunningAgent) -> None:
     cancelled_before = _cancelled(daemon)
     body = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import jsonschema
@@ -12,6 +13,7 @@ from edge_agent.cli import _load, build_parser
 from edge_agent.config import parse_config
 from edge_agent.engine import ToolSpec
 from edge_agent.errors import ConfigError
+from edge_agent.openai_api._server import _bind
 from edge_agent.toolcalls import ToolCallReader, forced_call_schema, parse_tool_calls
 
 WEATHER = ToolSpec(
@@ -147,15 +149,45 @@ def test_required_schema_allows_any_tool_and_parallel_calls() -> None:
 
 
 def test_http_config_section(tmp_path: Path) -> None:
-    doc = {"http": {"listen": ["127.0.0.1:8080", "[::1]:8081"], "accept_any_token": True}}
+    doc = {
+        "http": {
+            "listen": ["127.0.0.1:8080", "[::1]:8081"],
+            "accept_any_token": True,
+            "sse_ping_interval_s": 5,
+        }
+    }
     http = parse_config(doc, source="t.toml", base=tmp_path).http
     assert http.listen == ("127.0.0.1:8080", "[::1]:8081")
     assert http.accept_any_token is True
-    assert parse_config({}, source="t.toml", base=tmp_path).http.listen == (), "off by default"
-    for bad in ({"listen": ["8080"]}, {"listen": ["unix:/x"]}, {"port": 1}):
+    assert http.sse_ping_interval_s == 5.0
+    default = parse_config({}, source="t.toml", base=tmp_path).http
+    assert default.listen == (), "off by default"
+    assert default.sse_ping_interval_s == 15.0
+    bad_values: list[dict[str, object]] = [
+        {"listen": ["8080"]},
+        {"listen": ["unix:/x"]},
+        {"port": 1},
+        {"sse_ping_interval_s": -1},
+        {"sse_ping_interval_s": "15s"},
+    ]
+    for bad in bad_values:
         with pytest.raises(ConfigError) as info:
             parse_config({"http": bad}, source="t.toml", base=tmp_path)
         assert "t.toml" in info.value.message and "http." in info.value.message
+
+
+def test_accepted_connections_have_nagle_off() -> None:
+    """asyncio turns Nagle off only for sockets it knows are TCP; a response's body, written
+    after its headers, otherwise waited for the client's delayed ACK (40 ms)."""
+    listener = _bind("127.0.0.1:0")
+    try:
+        with socket.create_connection(listener.getsockname(), timeout=5):
+            listener.setblocking(True)
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        listener.close()
 
 
 def test_the_demo_serves_the_open_http_api_on_8080() -> None:

@@ -99,18 +99,26 @@ async def test_discover_command_lists_the_box_as_json(
     advertiser = Advertiser(
         DiscoveryConfig(interfaces=("127.0.0.1",), instance_name="cli-box"),
         port=50051,
-        announcement=BoxAnnouncement(fingerprint=pki.device.fingerprint, device_id="dev-cli"),
+        announcement=BoxAnnouncement(
+            fingerprint=pki.device.fingerprint, device_id="dev-cli", http_port=8080
+        ),
         hostname="testbox",
     )
     await advertiser.start()
     try:
-        argv = ["discover", "--timeout", "1.5", "--interface", "127.0.0.1", "--json"]
-        code = await asyncio.to_thread(_run, argv)
+        argv = ["discover", "--timeout", "1.5", "--interface", "127.0.0.1"]
+        code = await asyncio.to_thread(_run, [*argv, "--json"])
+        out = capsys.readouterr().out
+        assert await asyncio.to_thread(_run, argv) == 0
+        text = capsys.readouterr().out
     finally:
         await advertiser.stop()
     assert code == 0
-    boxes = json.loads(capsys.readouterr().out)
+    assert "openai api  http://127.0.0.1:8080/v1" in text
+    boxes = json.loads(out)
     ours = [b for b in boxes if b["device_id"] == "dev-cli"]
     assert len(ours) == 1
     assert ours[0]["fingerprint_sha256"] == pki.device.fingerprint
     assert ours[0]["port"] == 50051
+    assert (ours[0]["http_port"], ours[0]["http_tls"]) == (8080, False)
+    assert ours[0]["openai_base_url"] == "http://127.0.0.1:8080/v1"

@@ -16,6 +16,7 @@ from edge_agent.discovery import (
     DiscoveredBox,
     DiscoveryConfig,
     advertised_endpoint,
+    advertised_http,
     discover,
     parse_discovery_config,
     pinned_credentials_for,
@@ -36,6 +37,8 @@ def _announcement(pki: Pki, **changes: object) -> BoxAnnouncement:
         execution_provider="cpu",
         pressure="ok",
         mtls_port=50052,
+        http_port=8443,
+        http_tls=True,
     )
     import dataclasses
 
@@ -60,6 +63,9 @@ async def test_advertisement_is_found_updated_and_says_goodbye(pki: Pki) -> None
             assert box.fingerprint == pki.device.fingerprint
             assert box.announcement == _announcement(pki)
             assert box.properties["api"] == "v1"
+            assert box.properties["https"] == "8443"
+            assert "http" not in box.properties
+            assert box.openai_base_url == "https://127.0.0.1:8443/v1"
 
             await advertiser.update(pressure="critical", model_version="2501.2")
             boxes = await browser.wait_for(
@@ -123,10 +129,35 @@ def test_txt_round_trip_and_hostile_values() -> None:
     back = BoxAnnouncement.from_properties(props)
     assert back.mtls_port == 7
     assert back.fingerprint == "f" * 64
-    junk = BoxAnnouncement.from_properties({"mtls": "99999", "fp": "zz"})
+    assert back.http_port is None and "http" not in props and "https" not in props
+    junk = BoxAnnouncement.from_properties(
+        {"mtls": "99999", "fp": "zz", "http": "0x50", "https": "²"}
+    )
     assert junk.mtls_port is None
+    assert junk.http_port is None
     box = DiscoveredBox("n", "h", ("127.0.0.1",), 1, junk)
     assert box.fingerprint is None
+    assert box.openai_base_url is None
+    assert box.to_json()["openai_base_url"] is None
+
+
+@pytest.mark.parametrize(
+    ("props", "port", "tls", "url"),
+    [
+        ({"http": "8080"}, 8080, False, "http://[2001:db8::10]:8080/v1"),
+        ({"https": "8443"}, 8443, True, "https://[2001:db8::10]:8443/v1"),
+        # Both (not something we send): a client is never steered to plaintext.
+        ({"http": "8080", "https": "8443"}, 8443, True, "https://[2001:db8::10]:8443/v1"),
+        ({"https": "70000", "http": "8080"}, 8080, False, "http://[2001:db8::10]:8080/v1"),
+    ],
+)
+def test_txt_http_port(props: dict[str, str], port: int, tls: bool, url: str) -> None:
+    a = BoxAnnouncement.from_properties(props)
+    assert (a.http_port, a.http_tls) == (port, tls)
+    assert BoxAnnouncement.from_properties(a.properties()) == a
+    box = DiscoveredBox("n", "h", ("2001:db8::10",), 1, a)
+    assert box.openai_base_url == url
+    assert box.to_json()["http_tls"] is tls
 
 
 def test_discovery_config() -> None:
@@ -186,3 +217,26 @@ def test_advertised_endpoint_matches_the_listeners(
     listen: list[str], interfaces: tuple[str, ...], expected: tuple[list[str], int] | None
 ) -> None:
     assert advertised_endpoint(listen, LAN, interfaces) == expected
+
+
+@pytest.mark.parametrize(
+    ("http_listen", "addresses", "interfaces", "expected"),
+    [
+        # Not configured, or loopback only while the box is advertised on the LAN.
+        ([], ["192.0.2.10"], (), None),
+        (["127.0.0.1:8080"], ["192.0.2.10"], (), None),
+        # A wildcard or the advertised address itself: published.
+        (["0.0.0.0:8443"], ["192.0.2.10"], (), "0.0.0.0:8443"),
+        (["127.0.0.1:8080", "192.0.2.10:8443"], ["192.0.2.10"], (), "192.0.2.10:8443"),
+        # It must answer on every advertised address: an IPv4-only listener does not
+        # cover a box advertised on both families, a dual-stack one does.
+        (["0.0.0.0:8443"], ["192.0.2.10", "2001:db8::10"], (), None),
+        (["[::]:8443"], ["192.0.2.10", "2001:db8::10"], (), "[::]:8443"),
+        # The single-host set-up of the tests: loopback named in [discovery] interfaces.
+        (["127.0.0.1:8080"], ["127.0.0.1"], ("127.0.0.1",), "127.0.0.1:8080"),
+    ],
+)
+def test_advertised_http_only_where_clients_connect(
+    http_listen: list[str], addresses: list[str], interfaces: tuple[str, ...], expected: str | None
+) -> None:
+    assert advertised_http(http_listen, addresses, LAN, interfaces) == expected
