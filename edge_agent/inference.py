@@ -20,6 +20,7 @@ from edge_agent.engine import (
     Finished,
     GenerationRequest,
     Started,
+    cache_partition,
 )
 from edge_agent.errors import EdgeAgentError, InvalidArgument
 from edge_agent.metrics import Metrics
@@ -121,7 +122,9 @@ class InferenceService:
             "smaller context (search.max_length in genai_config.json)"
         )
 
-    def _to_generation(self, spec: ChatSpec, continue_from: str = "") -> GenerationRequest:
+    def _to_generation(
+        self, spec: ChatSpec, continue_from: str = "", call: CallContext = _NO_CONTEXT
+    ) -> GenerationRequest:
         context = self.context_length()
         if context and spec.max_tokens is not None and spec.max_tokens >= context:
             raise InvalidArgument(
@@ -140,6 +143,7 @@ class InferenceService:
             assistant_prefix=continue_from,
             tools=spec.tools,
             tool_choice=spec.tool_choice,
+            cache_partition=cache_partition(call.client_id, spec.data_class.name),
         )
 
     async def chat(
@@ -154,7 +158,7 @@ class InferenceService:
 
         ``continue_from``: text already sent to the client; the answer continues after it.
         """
-        request = self._to_generation(spec, continue_from)
+        request = self._to_generation(spec, continue_from, call)
         t0 = time.perf_counter()
         outcome, usage, t_first = "error", None, None
         # Without an admission controller (tools, tests) the request runs at once.

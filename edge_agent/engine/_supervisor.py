@@ -108,6 +108,8 @@ class EngineSupervisor:
         self._ping_task: asyncio.Task[None] | None = None
         self._pongs: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._stats: dict[str, Any] = {}
+        self._evicting = 0  # cached KV asked to be freed that the stats still count
+        self._evict_seq = 0
         self._last_pong = 0.0
         self._stopping = False
         self._background: set[asyncio.Task[None]] = set()
@@ -160,7 +162,29 @@ class EngineSupervisor:
         return EngineLoad(
             active_requests=len(self._streams),
             queued_requests=int(self._stats.get("waiting", 0)),
+            kv_bytes_reclaimable=self.reclaimable_bytes(),
         )
+
+    def reclaimable_bytes(self) -> int:
+        """KV cache of idle cached lanes (prefix reuse) the worker frees when asked."""
+        if self._active is None:
+            return 0
+        return max(0, int(self._stats.get("cached_kv_bytes", 0)) - self._evicting)
+
+    def reclaim(self, nbytes: int) -> int:
+        """Ask the worker to free cached lanes until ``nbytes`` are freed (all when negative),
+        least recently used first; returns the bytes it will free, at most. The worker reads
+        the request before any later submit, so a request admitted on that room finds it."""
+        handle = self._active
+        available = self.reclaimable_bytes()
+        if handle is None or available <= 0 or nbytes == 0:
+            return 0
+        handle.send(("evict", nbytes))
+        freed = available if nbytes < 0 else min(nbytes, available)
+        self._evicting += freed
+        # Stats from a ping sent after this evict show the freed lanes already.
+        self._evict_seq = next(self._ids)
+        return freed
 
     def _set_state(self, state: str) -> None:
         if state != self._state:
@@ -184,6 +208,7 @@ class EngineSupervisor:
             "max_batch_size": c.max_batch_size,
             "regroup_max_tokens": c.regroup_max_tokens,
             "prefill_chunk_tokens": c.prefill_chunk_tokens,
+            "prefix_cache_lanes": c.prefix_cache_lanes,
         }
 
     async def _launch(self, model_dir: Path) -> WorkerHandle:
@@ -311,6 +336,8 @@ class EngineSupervisor:
             if handle is self._active:
                 self._stats = dict(message[2])
                 self._last_pong = time.monotonic()
+                if int(message[1]) > self._evict_seq:
+                    self._evicting = 0
             if fut is not None and not fut.done():
                 fut.set_result(dict(message[2]))
 
