@@ -158,7 +158,8 @@ def _fresh_logits(worker: _Worker, job: dict[str, Any]) -> np.ndarray[Any, Any]:
     generator = og.Generator(worker.model, params)
     for start in range(0, len(tokens), CHUNK):
         generator.append_tokens(tokens[start : start + CHUNK])
-    return np.asarray(generator.get_logits())[0, -1]
+    logits: np.ndarray[Any, Any] = np.asarray(generator.get_logits())[0, -1]
+    return logits
 
 
 def test_another_partition_never_reuses(cached: _Worker) -> None:
