@@ -209,6 +209,7 @@ class EngineSupervisor:
             "regroup_max_tokens": c.regroup_max_tokens,
             "prefill_chunk_tokens": c.prefill_chunk_tokens,
             "prefix_cache_lanes": c.prefix_cache_lanes,
+            "cpu_memory_arena": c.cpu_memory_arena,
         }
 
     async def _launch(self, model_dir: Path) -> WorkerHandle:
