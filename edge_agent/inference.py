@@ -104,12 +104,13 @@ class InferenceService:
         context = self.context_length()
         prompt = min(estimate_prompt_tokens(spec), context)
         max_tokens = spec.max_tokens if spec.max_tokens is not None else max(context - prompt, 0)
-        # The runtime allocates the KV buffer for the whole context up front (shared buffer).
+        # The runtime allocates the KV buffer for the whole context up front (shared buffer);
+        # reading the prompt adds its transient logits.
         return estimate_request_bytes(
             self.kv_bytes_per_token(),
             prompt,
             max_tokens,
-            self._overhead,
+            self._overhead + self._engine.prefill_buffer_bytes(prompt),
             preallocated_tokens=context or None,
         )
 

@@ -165,6 +165,19 @@ class EngineSupervisor:
             kv_bytes_reclaimable=self.reclaimable_bytes(),
         )
 
+    def prefill_buffer_bytes(self, prompt_tokens: int) -> int:
+        """The transient logits of reading a prompt: the exported graph computes the LM head
+        for every prompt position (``[batch, seq, vocab]`` fp32), so a request's share is the
+        tokens one step reads (at most a chunk when chunked prefill is on) × vocab × 4 bytes
+        (64 MiB for a 128-token chunk of Mistral Small 3's 131072 vocabulary). The other
+        activations of a step are smaller (the MLP's are a quarter of it on that shape)."""
+        info = self.info
+        if info is None or info.vocab_size <= 0 or prompt_tokens <= 0:
+            return 0
+        chunk = self._config.prefill_chunk_tokens
+        tokens = min(prompt_tokens, chunk) if chunk > 0 else prompt_tokens
+        return tokens * info.vocab_size * 4
+
     def reclaimable_bytes(self) -> int:
         """KV cache of idle cached lanes (prefix reuse) the worker frees when asked."""
         if self._active is None:
