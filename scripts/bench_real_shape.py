@@ -153,18 +153,24 @@ class Daemon:
         return values[0] if values else 0.0
 
     def chat(
-        self, messages: list[tuple[str, str]], tokens: int, data_class: int = 2
+        self,
+        messages: list[tuple[str, str]],
+        tokens: int,
+        data_class: int = 2,
+        exact: bool = False,
     ) -> tuple[float, str, int]:
         """Seconds to the last message, the text, and the prompt tokens. With ``tokens`` = 1
         the last message comes with the first token: that is the time to first token (the
         first message of a random-weight model can come tokens later: its tokens may decode
-        to no text)."""
+        to no text). ``exact``: exactly ``tokens`` (``min_tokens``; such a request never
+        shares a cached lane, as a client's would not)."""
         request = pb.ChatRequest(
             messages=[pb.ChatMessage(role=r, content=c) for r, c in messages],
             max_tokens=tokens,
-            min_tokens=tokens,
             data_class=data_class,  # type: ignore[arg-type]
         )
+        if exact:
+            request.min_tokens = tokens
         start = time.perf_counter()
         text, prompt = "", 0
         for reply in self.stub.Chat(request, timeout=3600):
@@ -183,10 +189,17 @@ class Daemon:
 
 
 def _text_of(raw: Raw, tokens: int, head: str) -> str:
-    """A user message whose prompt is about ``tokens`` tokens, starting with ``head``."""
-    per = (len(raw.ids([("user", FILLER * 20)])) - len(raw.ids([("user", "")]))) / 20
-    repeat = max(0, int((tokens - len(raw.ids([("user", head)]))) / per))
-    return head + " " + FILLER * repeat if repeat else head
+    """A user message whose prompt is about ``tokens`` tokens (at least the head's), starting
+    with ``head``."""
+    words = (FILLER * (tokens // 8 + 1)).split()
+    lo, hi = 0, len(words)
+    while lo < hi:  # the most filler words that keep the prompt within ``tokens``
+        mid = (lo + hi + 1) // 2
+        if len(raw.ids([("user", " ".join([head, *words[:mid]]))])) <= tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return " ".join([head, *words[:lo]])
 
 
 def _prefill(raw: Raw, daemon: Daemon, sizes: list[int], rounds: int) -> dict[str, Any]:
@@ -226,8 +239,8 @@ def _decode(raw: Raw, daemon: Daemon, model_dir: Path, tokens: int, rounds: int)
         raw_tps.append(raw.run(raw.ids([("user", question)]), tokens)[1])
         # Two answers, 1 and ``tokens`` long, to the same short prompt (short prompts are
         # batched on an Engine lane and never cached): the difference is pure decode.
-        one, _, _ = daemon.chat([("user", question)], 1)
-        many, _, _ = daemon.chat([("user", question)], tokens)
+        one, _, _ = daemon.chat([("user", question)], 1, exact=True)
+        many, _, _ = daemon.chat([("user", question)], tokens, exact=True)
         daemon_tps.append((tokens - 1) / (many - one))
     bandwidth = _memory_bandwidth()
     weights = sum(f.stat().st_size for f in model_dir.glob("model.onnx*"))
@@ -431,7 +444,7 @@ def main() -> int:
             daemon.chat([("user", "warm up")], 2)
             res.update(_prefill(raw, daemon, sizes, rounds))
             print(f"prefill: {res}", file=sys.stderr)
-            res["decode"] = _decode(raw, daemon, model, 16 if args.quick else 64, rounds)
+            res["decode"] = _decode(raw, daemon, model, 64 if args.quick else 128, rounds)
             print(f"decode: {res['decode']}", file=sys.stderr)
             turn = min(400, (context - 200) // 6)
             res["reuse"] = _reuse(raw, daemon, turn, rounds, 8 if args.quick else 16)
