@@ -709,11 +709,17 @@ class _Worker:
             self.generators = [g for g in self.generators if not g.done]
 
     def run(self) -> None:
+        busy_before = False
         while self.running:
             out = _Out()
             idle = (
                 not self.waiting and not self.generators and not any(ln.busy for ln in self.lanes)
             )
+            if idle and busy_before:
+                # glibc keeps freed heap pages (fragments of steps' buffers): on the bench
+                # model 146 MiB after ten conversations, given back here in 9 ms.
+                release_free_heap()
+            busy_before = not idle
             # Block only when there is nothing to step; otherwise take what has arrived.
             if self.conn.poll(None if idle else 0):
                 while True:
