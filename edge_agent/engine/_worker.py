@@ -29,6 +29,11 @@ each is cancelled and begun again there from its prompt plus the tokens it has a
 generated, so the fresh batch carries them all. A request moves at most once, only while it
 has generated few tokens (``engine.regroup_max_tokens``) and only when re-reading it costs
 no more than the fresh batch's own prompts.
+
+Prefix reuse. A Generator lane that ends stays as an idle cached lane with its KV cache; a
+later request of the same partition continues it from the longest common prefix
+(engine/_prefix.py). Memory. An idle worker renews the Engines that held batches (a static
+Engine keeps its last batch's KV) and trims the heap (``_Worker.rest``).
 """
 
 from __future__ import annotations
@@ -173,14 +178,18 @@ class _EngineLane:
         self._keep_tokens = keep_tokens  # token ids kept per answer, for regrouping
         self.jobs: dict[int, _Job] = {}  # id(og.Request) → job
         self.stepping = False  # a batch has started; newcomers would wait for all of it
+        self.batch = 0  # sequences the Engine holds KV for since its last batch (0: none)
         self.renew()
 
     def renew(self) -> None:
         """A fresh Engine: a static Engine keeps its last batch's KV cache allocated after its
         requests closed (bench model: 96 MiB per sequence of that batch, never given back);
-        dropping it returns that memory. Making one costs ~10 µs."""
+        dropping it returns that memory. Making one costs ~10 µs, but its first batch then
+        allocates that KV again (first token +16 ms on the real shape, +36 ms on the bench
+        model): so only an idle worker renews (``_Worker.rest``)."""
         self.engine = self._og.Engine(self._model)
         self.buffer = self.engine.create_event_buffer(self._buffer_size)
+        self.batch = 0
 
     @property
     def busy(self) -> bool:
@@ -233,7 +242,6 @@ class _EngineLane:
             job.request = None
         self.jobs.clear()
         self.stepping = False
-        self.renew()
         return jobs
 
     def cancel(self, job: _Job) -> None:
@@ -241,6 +249,8 @@ class _EngineLane:
         job.request.cancel_turn(job.turn_id)
 
     def step(self, out: _Out) -> None:
+        if not self.stepping:
+            self.batch = max(self.batch, len(self.jobs))
         self.stepping = True
         for event in self.engine.run(self.buffer):
             job = self.jobs.get(id(event.request))
@@ -269,7 +279,6 @@ class _EngineLane:
                     out.finish(job, _FINISH.get(event.finish_reason.name, "stop"))
         if not self.jobs:
             self.stepping = False
-            self.renew()
 
 
 class _GeneratorLane:
@@ -648,6 +657,19 @@ class _Worker:
                 self.where[job.rid] = fresh
                 self.regrouped += 1
 
+    def rest(self) -> None:
+        """Nothing to do: give back what the last burst left. Every Engine lane that held a
+        batch gets a fresh Engine (its old one kept the batch's KV cache), except one that
+        served a single sequence (what the next lone request would allocate again: an idle
+        box answers it as fast as before); and glibc's freed heap pages (fragments of the
+        steps' buffers: 146 MiB after ten conversations on the bench model, 9 ms to trim)."""
+        warm = next((lane for lane in self.lanes if lane.batch == 1), None)
+        for lane in self.lanes:
+            if lane.batch and lane is not warm and not lane.busy:
+                lane.renew()
+        gc.collect()
+        release_free_heap()
+
     # -- the loop -------------------------------------------------------------------------
 
     def _runnable(self) -> list[tuple[tuple[int, int], Callable[[_Out], None]]]:
@@ -716,9 +738,7 @@ class _Worker:
                 not self.waiting and not self.generators and not any(ln.busy for ln in self.lanes)
             )
             if idle and busy_before:
-                # glibc keeps freed heap pages (fragments of steps' buffers): on the bench
-                # model 146 MiB after ten conversations, given back here in 9 ms.
-                release_free_heap()
+                self.rest()
             busy_before = not idle
             # Block only when there is nothing to step; otherwise take what has arrived.
             if self.conn.poll(None if idle else 0):

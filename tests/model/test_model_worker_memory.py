@@ -64,5 +64,27 @@ def test_a_burst_of_batched_prefills_gives_its_memory_back(model: Path) -> None:
     assert _status("VmHWM") - at_load > 4 * kv_per_sequence + 4 * 200 * 131072 * 4
     gc.collect()
     release_free_heap()
-    # And gave it back: less than one sequence's KV cache is left of it.
+    # Busy, the lane keeps its Engine (and the batch's KV, reused by the next batch)...
+    assert _status("VmRSS") - at_load > 3 * kv_per_sequence
+    worker.rest()  # what the worker's loop does when it has nothing left to do
+    # ...idle, it gives it back: less than one sequence's KV cache is left of the bursts.
     assert _status("VmRSS") - at_load < kv_per_sequence
+
+
+def test_an_idle_worker_keeps_one_warm_single_sequence_lane(model: Path) -> None:
+    worker = step_worker(
+        model, prefill_chunk_tokens=0, prefix_cache_lanes=0, lanes=2, regroup_max_tokens=0
+    )
+    run = Run(worker)
+    job = GenerationRequest(messages=(Message("user", "Hi"),), max_tokens=4).to_job()
+    run.submit(0, job)  # a lone request: one sequence on the first lane
+    run.advance()
+    run.submit(1, job)
+    run.submit(2, job)  # a pair arriving meanwhile, batched on the second lane
+    run.finish()
+    assert [lane.batch for lane in worker.lanes] == [1, 2]
+    first, second = (lane.engine for lane in worker.lanes)
+    worker.rest()
+    # The lone request's Engine stays (the next lone one needs no new KV); the pair's goes.
+    assert worker.lanes[0].engine is first and worker.lanes[1].engine is not second
+    assert [lane.batch for lane in worker.lanes] == [1, 0]
