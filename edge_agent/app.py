@@ -358,6 +358,7 @@ class Agent:
             evictions=prefix["prefix_evictions"],
             cached_lanes=int(stats.get("cached_lanes", 0)),
             cached_bytes=int(stats.get("cached_kv_bytes", 0)),
+            lane_kv_bytes=int(stats.get("lane_kv_bytes", 0)),
         )
         if not self._stopping:
             self.notifier.status(self.status_line())

@@ -456,7 +456,10 @@ def main() -> int:
             res["reuse"] = _reuse(raw, daemon, turn, rounds, 8 if args.quick else 16)
             print(f"reuse: {res['reuse']}", file=sys.stderr)
             time.sleep(5)  # two pressure samples: metrics show the cache as it is now
-            kv = daemon.metric("edge_agent_engine_prefix_cached_kv_bytes")
+            # Live KV: the cached lanes' and what the Engine lanes keep (one warm lane at rest).
+            kv = daemon.metric("edge_agent_engine_prefix_cached_kv_bytes") + daemon.metric(
+                "edge_agent_engine_lane_kv_bytes"
+            )
             after = daemon.worker_rss()
             res["memory"] = {
                 "load_mb": load / 2**20,

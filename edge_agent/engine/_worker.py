@@ -485,6 +485,10 @@ class _Worker:
             "prefix_evictions": self.prefix.evicted,
             "cached_lanes": len(self.prefix),
             "cached_kv_bytes": self.prefix.kv_bytes,
+            # What the Engine lanes keep allocated: their batches' KV, or the warm lane's at rest.
+            "lane_kv_bytes": sum(lane.batch for lane in self.lanes)
+            * self.kv_per_token
+            * self.context_length,
         }
 
     # -- commands -------------------------------------------------------------------------

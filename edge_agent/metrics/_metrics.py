@@ -130,6 +130,11 @@ class Metrics:
             "KV cache the idle cached lanes hold (freed first when room is needed).",
             registry=r,
         )
+        self._lane_kv = Gauge(
+            _P + "engine_lane_kv_bytes",
+            "KV cache the Engine lanes keep allocated (batches running, one warm lane at rest).",
+            registry=r,
+        )
         self._escalations = Counter(
             _P + "escalations", "Requests sent to the cloud instead of the box.", ["reason"],
             registry=r,
@@ -235,6 +240,7 @@ class Metrics:
         evictions: int,
         cached_lanes: int,
         cached_bytes: int,
+        lane_kv_bytes: int = 0,
     ) -> None:
         """Prefix reuse since the last sample (counts) and now (the cache's size)."""
         for result, count in (("hit", hits), ("miss", misses)):
@@ -249,6 +255,7 @@ class Metrics:
                 counter.inc(count)
         self._cached_lanes.set(cached_lanes)
         self._cached_bytes.set(cached_bytes)
+        self._lane_kv.set(lane_kv_bytes)
 
     def escalated(self, reason: str) -> None:
         """A request went to the cloud; ``reason`` like ``pressure``, ``queue_full``."""

@@ -83,8 +83,11 @@ def test_an_idle_worker_keeps_one_warm_single_sequence_lane(model: Path) -> None
     run.submit(2, job)  # a pair arriving meanwhile, batched on the second lane
     run.finish()
     assert [lane.batch for lane in worker.lanes] == [1, 2]
+    per_sequence = worker.kv_per_token * worker.context_length
+    assert worker.stats()["lane_kv_bytes"] == 3 * per_sequence
     first, second = (lane.engine for lane in worker.lanes)
     worker.rest()
+    assert worker.stats()["lane_kv_bytes"] == per_sequence
     # The lone request's Engine stays (the next lone one needs no new KV); the pair's goes.
     assert worker.lanes[0].engine is first and worker.lanes[1].engine is not second
     assert [lane.batch for lane in worker.lanes] == [1, 0]
