@@ -153,6 +153,7 @@ class Agent:
             config.pressure.admission,
             max_active=config.engine.lanes * config.engine.max_batch_size,
             snapshot=lambda: self.pressure.snapshot,
+            reclaim=self.engine.reclaim,
         )
         self.inference = LocalChat(
             self.engine,
@@ -215,6 +216,13 @@ class Agent:
         self._restarts_seen = 0
         self._worker_regrouped = _WorkerCount("regrouped")
         self._worker_prefill_chunks = _WorkerCount("prefill_chunks")
+        self._worker_prefix = {
+            key: _WorkerCount(key)
+            for key in (
+                "prefix_hits", "prefix_misses", "prefix_reused_tokens", "prompt_tokens_read",
+                "prefix_evictions",
+            )
+        }  # fmt: skip
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a side task; the loop keeps only weak references, so we hold one until done."""
@@ -343,6 +351,17 @@ class Agent:
         self.metrics.engine_regrouped(self._worker_regrouped.since_last(stats))
         self.metrics.engine_prefill(
             self._worker_prefill_chunks.since_last(stats), int(stats.get("prefilling", 0))
+        )
+        prefix = {key: count.since_last(stats) for key, count in self._worker_prefix.items()}
+        self.metrics.engine_prefix(
+            hits=prefix["prefix_hits"],
+            misses=prefix["prefix_misses"],
+            reused_tokens=prefix["prefix_reused_tokens"],
+            read_tokens=prefix["prompt_tokens_read"],
+            evictions=prefix["prefix_evictions"],
+            cached_lanes=int(stats.get("cached_lanes", 0)),
+            cached_bytes=int(stats.get("cached_kv_bytes", 0)),
+            lane_kv_bytes=int(stats.get("lane_kv_bytes", 0)),
         )
         if not self._stopping:
             self.notifier.status(self.status_line())

@@ -101,6 +101,11 @@ class EngineConfig:
     # A prompt longer than this is read this many tokens per step, between the other
     # streams' steps, so they keep their pace while it prefills; 0 reads every prompt whole.
     prefill_chunk_tokens: int = 128
+    # Finished Generator lanes kept idle with their KV cache, so the next turn of a
+    # conversation reads only its new tokens (engine/_prefix.py); 0 turns reuse off.
+    prefix_cache_lanes: int = 2
+    # onnxruntime's CPU memory arena: off, a burst's activations go back to the system.
+    cpu_memory_arena: bool = False
     load_timeout_s: float = 900.0
     restart_backoff_s: float = 0.5
     restart_backoff_max_s: float = 30.0
@@ -250,6 +255,10 @@ def _parse_engine(r: TableReader, base: Path) -> EngineConfig:
         prefill_chunk_tokens=r.integer(
             "prefill_chunk_tokens", d.prefill_chunk_tokens, min_value=0, max_value=1 << 20
         ),
+        prefix_cache_lanes=r.integer(
+            "prefix_cache_lanes", d.prefix_cache_lanes, min_value=0, max_value=64
+        ),
+        cpu_memory_arena=r.boolean("cpu_memory_arena", d.cpu_memory_arena),
         load_timeout_s=r.number("load_timeout_s", d.load_timeout_s, min_value=1),
         restart_backoff_s=backoff,
         restart_backoff_max_s=r.number(

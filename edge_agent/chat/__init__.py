@@ -17,6 +17,7 @@ from edge_agent.chat._types import (
     RoutePreference,
     Timing,
     Usage,
+    estimate_prompt_tokens,
 )
 
 __all__ = [
@@ -31,4 +32,5 @@ __all__ = [
     "ToolCall",
     "ToolSpec",
     "Usage",
+    "estimate_prompt_tokens",
 ]

@@ -30,6 +30,7 @@ from edge_agent.engine import (
     GenerationRequest,
     ModelIdentity,
     Started,
+    cache_partition,
 )
 from edge_agent.errors import EdgeAgentError, InvalidArgument
 from edge_agent.metrics import Metrics
@@ -59,6 +60,8 @@ class LocalEngine(Protocol):
     def info(self) -> EngineInfo | None: ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]: ...
+
+    def prefill_buffer_bytes(self, prompt_tokens: int) -> int: ...
 
 
 def _guidance(spec: ChatSpec) -> str | None:
@@ -134,12 +137,13 @@ class LocalChat:
         context = self.context_length()
         prompt = min(estimate_prompt_tokens(spec), context)
         max_tokens = spec.max_tokens if spec.max_tokens is not None else max(context - prompt, 0)
-        # The runtime allocates the KV buffer for the whole context up front (shared buffer).
+        # The runtime allocates the KV buffer for the whole context up front (shared buffer);
+        # reading the prompt adds its transient logits.
         return estimate_request_bytes(
             self.kv_bytes_per_token(),
             prompt,
             max_tokens,
-            self._overhead,
+            self._overhead + self._engine.prefill_buffer_bytes(prompt),
             preallocated_tokens=context or None,
         )
 
@@ -152,7 +156,9 @@ class LocalChat:
             "smaller context (search.max_length in genai_config.json)"
         )
 
-    def _to_generation(self, spec: ChatSpec, continue_from: str = "") -> GenerationRequest:
+    def _to_generation(
+        self, spec: ChatSpec, continue_from: str = "", call: CallContext = _NO_CONTEXT
+    ) -> GenerationRequest:
         context = self.context_length()
         if context and spec.max_tokens is not None and spec.max_tokens >= context:
             raise InvalidArgument(
@@ -171,6 +177,7 @@ class LocalChat:
             assistant_prefix=continue_from,
             tools=spec.tools,
             tool_choice=spec.tool_choice,
+            cache_partition=cache_partition(call.client_id, spec.data_class.name),
         )
 
     async def chat(
@@ -185,7 +192,7 @@ class LocalChat:
 
         ``continue_from``: text already sent to the client; the answer continues after it.
         """
-        request = self._to_generation(spec, continue_from)
+        request = self._to_generation(spec, continue_from, call)
         t0 = time.perf_counter()
         outcome, usage, t_first = "error", None, None
         # Without an admission controller (tools, tests) the request runs at once.

@@ -13,6 +13,7 @@ from edge_agent.engine._types import (
     Started,
     ToolCall,
     ToolSpec,
+    cache_partition,
 )
 
 __all__ = [
@@ -28,5 +29,6 @@ __all__ = [
     "Started",
     "ToolCall",
     "ToolSpec",
+    "cache_partition",
     "identity_from_dir",
 ]

@@ -9,6 +9,8 @@ token to a fraction of a microsecond.
 Daemon → worker:
     ("submit", rid, job: dict)        a generation job (see _types.GenerationRequest.to_job)
     ("cancel", rid)                   cancel a job; its KV blocks are freed
+    ("evict", nbytes)                 free idle cached lanes (prefix reuse), least recently
+                                      used first, until nbytes are freed; all when negative
     ("ping", seq)                     answered by ("pong", seq, stats)
     ("shutdown",)                     finish nothing, exit 0
 

@@ -44,7 +44,10 @@ def _available(og: Any, provider: str) -> bool:
 
 
 def session_overlay(
-    intra_op_threads: int, max_batch_size: int, thread_spinning: bool = True
+    intra_op_threads: int,
+    max_batch_size: int,
+    thread_spinning: bool = True,
+    cpu_memory_arena: bool = False,
 ) -> dict[str, Any]:
     """The genai_config overlay that applies the daemon's engine settings."""
     # String options genai does not know by name reach onnxruntime as session config
@@ -55,6 +58,11 @@ def session_overlay(
         "session.intra_op.allow_spinning": "1" if thread_spinning else "0",
         "session.inter_op.allow_spinning": "1" if thread_spinning else "0",
         "session.force_spinning_stop": "1",
+        # onnxruntime's CPU arena keeps the peak of a step's activations for the process's
+        # life (bench model: +190 MiB after a burst of 762-token prefills, ~2 GB on the real
+        # shape); without it they go back to malloc, which returns them (ARCHITECTURE.md
+        # "Memory that returns").
+        "enable_cpu_mem_arena": cpu_memory_arena,
     }
     if intra_op_threads > 0:
         session["intra_op_num_threads"] = intra_op_threads
@@ -72,9 +80,12 @@ def load_model(
     intra_op_threads: int,
     max_batch_size: int,
     thread_spinning: bool = True,
+    cpu_memory_arena: bool = False,
 ) -> LoadedModel:
     skipped: list[tuple[str, str]] = []
-    overlay = json.dumps(session_overlay(intra_op_threads, max_batch_size, thread_spinning))
+    overlay = json.dumps(
+        session_overlay(intra_op_threads, max_batch_size, thread_spinning, cpu_memory_arena)
+    )
     for provider in providers:
         if not _available(og, provider):
             skipped.append((provider, "not available in this build or on this box"))

@@ -108,6 +108,8 @@ class EngineSupervisor:
         self._ping_task: asyncio.Task[None] | None = None
         self._pongs: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._stats: dict[str, Any] = {}
+        self._evicting = 0  # cached KV asked to be freed that the stats still count
+        self._evict_seq = 0
         self._last_pong = 0.0
         self._stopping = False
         self._background: set[asyncio.Task[None]] = set()
@@ -160,7 +162,42 @@ class EngineSupervisor:
         return EngineLoad(
             active_requests=len(self._streams),
             queued_requests=int(self._stats.get("waiting", 0)),
+            kv_bytes_reclaimable=self.reclaimable_bytes(),
         )
+
+    def prefill_buffer_bytes(self, prompt_tokens: int) -> int:
+        """The transient logits of reading a prompt: the exported graph computes the LM head
+        for every prompt position (``[batch, seq, vocab]`` fp32), so a request's share is the
+        tokens one step reads (at most a chunk when chunked prefill is on) × vocab × 4 bytes
+        (64 MiB for a 128-token chunk of Mistral Small 3's 131072 vocabulary). The other
+        activations of a step are smaller (the MLP's are a quarter of it on that shape)."""
+        info = self.info
+        if info is None or info.vocab_size <= 0 or prompt_tokens <= 0:
+            return 0
+        chunk = self._config.prefill_chunk_tokens
+        tokens = min(prompt_tokens, chunk) if chunk > 0 else prompt_tokens
+        return tokens * info.vocab_size * 4
+
+    def reclaimable_bytes(self) -> int:
+        """KV cache of idle cached lanes (prefix reuse) the worker frees when asked."""
+        if self._active is None:
+            return 0
+        return max(0, int(self._stats.get("cached_kv_bytes", 0)) - self._evicting)
+
+    def reclaim(self, nbytes: int) -> int:
+        """Ask the worker to free cached lanes until ``nbytes`` are freed (all when negative),
+        least recently used first; returns the bytes it will free, at most. The worker reads
+        the request before any later submit, so a request admitted on that room finds it."""
+        handle = self._active
+        available = self.reclaimable_bytes()
+        if handle is None or available <= 0 or nbytes == 0:
+            return 0
+        handle.send(("evict", nbytes))
+        freed = available if nbytes < 0 else min(nbytes, available)
+        self._evicting += freed
+        # Stats from a ping sent after this evict show the freed lanes already.
+        self._evict_seq = next(self._ids)
+        return freed
 
     def _set_state(self, state: str) -> None:
         if state != self._state:
@@ -184,6 +221,8 @@ class EngineSupervisor:
             "max_batch_size": c.max_batch_size,
             "regroup_max_tokens": c.regroup_max_tokens,
             "prefill_chunk_tokens": c.prefill_chunk_tokens,
+            "prefix_cache_lanes": c.prefix_cache_lanes,
+            "cpu_memory_arena": c.cpu_memory_arena,
         }
 
     async def _launch(self, model_dir: Path) -> WorkerHandle:
@@ -311,6 +350,8 @@ class EngineSupervisor:
             if handle is self._active:
                 self._stats = dict(message[2])
                 self._last_pong = time.monotonic()
+                if int(message[1]) > self._evict_seq:
+                    self._evicting = 0
             if fut is not None and not fut.done():
                 fut.set_result(dict(message[2]))
 

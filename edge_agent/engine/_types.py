@@ -20,6 +20,7 @@ __all__ = [
     "Started",
     "ToolCall",
     "ToolSpec",
+    "cache_partition",
     "messages_from_job",
     "tools_from_job",
 ]
@@ -43,6 +44,9 @@ class GenerationRequest:
     tools: tuple[ToolSpec, ...] = ()
     # "auto", "none", "required", or a tool name the model must call.
     tool_choice: str = "auto"
+    # Requests may reuse each other's KV cache only within one partition (engine/_prefix.py);
+    # empty: this request neither reuses nor leaves anything to reuse.
+    cache_partition: str = ""
 
     def to_job(self) -> dict[str, Any]:
         return {
@@ -67,7 +71,15 @@ class GenerationRequest:
             "assistant_prefix": self.assistant_prefix,
             "tools": [(t.name, t.description, t.parameters_json) for t in self.tools],
             "tool_choice": self.tool_choice,
+            "cache_partition": self.cache_partition,
         }
+
+
+def cache_partition(client_id: str, data_class: str) -> str:
+    """The prefix-reuse partition of a request: its authenticated client and data class, so
+    no client's first-token time can tell it what another client (or another class of the
+    same client's data) asked."""
+    return f"{len(client_id)}:{client_id}/{data_class}"
 
 
 def messages_from_job(job: dict[str, Any]) -> tuple[Message, ...]:

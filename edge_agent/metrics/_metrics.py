@@ -100,6 +100,41 @@ class Metrics:
             "Requests whose long prompt is being read in chunks now.",
             registry=r,
         )
+        self._prefix = Counter(
+            _P + "engine_prefix_cache_requests",
+            "Requests that could reuse a cached lane's KV (prefix reuse), by result.",
+            ["result"],
+            registry=r,
+        )
+        self._prefix_reused = Counter(
+            _P + "engine_prefix_reused_tokens",
+            "Prompt tokens taken from a cached lane instead of being read again.",
+            registry=r,
+        )
+        self._prompt_read = Counter(
+            _P + "engine_prompt_tokens_read",
+            "Prompt tokens the engine ran through the model (reused ones not counted).",
+            registry=r,
+        )
+        self._prefix_evictions = Counter(
+            _P + "engine_prefix_cache_evictions",
+            "Cached lanes freed for room (capacity, admission or memory pressure).",
+            registry=r,
+        )
+        self._cached_lanes = Gauge(
+            _P + "engine_prefix_cached_lanes", "Idle lanes holding a reusable KV cache.",
+            registry=r,
+        )  # fmt: skip
+        self._cached_bytes = Gauge(
+            _P + "engine_prefix_cached_kv_bytes",
+            "KV cache the idle cached lanes hold (freed first when room is needed).",
+            registry=r,
+        )
+        self._lane_kv = Gauge(
+            _P + "engine_lane_kv_bytes",
+            "KV cache the Engine lanes keep allocated (batches running, one warm lane at rest).",
+            registry=r,
+        )
         self._escalations = Counter(
             _P + "escalations", "Requests sent to the cloud instead of the box.", ["reason"],
             registry=r,
@@ -194,6 +229,33 @@ class Metrics:
         if chunks > 0:
             self._prefill_chunks.inc(chunks)
         self._prefilling.set(prefilling)
+
+    def engine_prefix(
+        self,
+        *,
+        hits: int,
+        misses: int,
+        reused_tokens: int,
+        read_tokens: int,
+        evictions: int,
+        cached_lanes: int,
+        cached_bytes: int,
+        lane_kv_bytes: int = 0,
+    ) -> None:
+        """Prefix reuse since the last sample (counts) and now (the cache's size)."""
+        for result, count in (("hit", hits), ("miss", misses)):
+            if count > 0:
+                self._prefix.labels(result).inc(count)
+        for counter, count in (
+            (self._prefix_reused, reused_tokens),
+            (self._prompt_read, read_tokens),
+            (self._prefix_evictions, evictions),
+        ):
+            if count > 0:
+                counter.inc(count)
+        self._cached_lanes.set(cached_lanes)
+        self._cached_bytes.set(cached_bytes)
+        self._lane_kv.set(lane_kv_bytes)
 
     def escalated(self, reason: str) -> None:
         """A request went to the cloud; ``reason`` like ``pressure``, ``queue_full``."""

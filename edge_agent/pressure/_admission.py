@@ -4,14 +4,19 @@ A request reserves its worst-case memory (KV cache for prompt + max_tokens, plus
 overhead) for its whole life. It is admitted when a concurrency slot is free and its cost fits
 in what the box can spare::
 
-    memory room = MemAvailable - reserve - (held - kv_in_use)
+    memory room = MemAvailable + reclaimable - reserve - (held - kv_in_use)
     kv room     = engine KV capacity - held                  (when the engine reports one)
 
 ``held`` is what admitted requests reserved; ``kv_in_use`` (reported by the engine) is the
 part of it already allocated and therefore already missing from MemAvailable, so it is not
-subtracted twice. Waiters form a bounded priority queue (higher priority first, FIFO within a
-priority, no overtaking so large requests are not starved). A full queue sheds its lowest
-priority waiter for a more important newcomer. Refusals raise ``ResourceExhausted`` with a
+subtracted twice. ``reclaimable`` is the KV cache of the engine's idle cached lanes (prefix
+reuse): allocated, but the first memory given back. A request admitted on that part of the
+room makes the controller ask the engine to free it (``reclaim``) before the request reaches
+the engine; memory pressure frees all of it.
+
+Waiters form a bounded priority queue (higher priority first, FIFO within a priority, no
+overtaking so large requests are not starved). A full queue sheds its lowest priority waiter
+for a more important newcomer. Refusals raise ``ResourceExhausted`` with a
 ``retry_after_ms`` estimate for the ``grpc-retry-pushback-ms`` trailer.
 
 Everything runs on the event loop thread; no locks are needed and none are taken.
@@ -199,7 +204,10 @@ class AdmissionController:
         max_active: int,
         snapshot: Callable[[], PressureSnapshot | None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
+        reclaim: Callable[[int], int] | None = None,
     ) -> None:
+        """``reclaim(n)``: ask the engine to free ``n`` bytes of idle cached KV (all when
+        negative); returns what it will free."""
         if max_active < 1:
             raise ValueError("max_active must be at least 1")
         self._config = config
@@ -214,6 +222,9 @@ class AdmissionController:
         self._cancelled_total = 0
         self._refused: Counter[str] = Counter()
         self._hold_ewma_s: float | None = None
+        self._reclaim = reclaim
+        # Bytes asked back since the snapshot of this sequence (which does not show it yet).
+        self._reclaimed: tuple[int, int] = (-1, 0)
 
     # -- public API -------------------------------------------------------------------------
 
@@ -237,8 +248,18 @@ class AdmissionController:
         self._pump()
 
     def on_snapshot(self, snapshot: PressureSnapshot) -> None:
-        """Monitor listener: memory may have been freed, or the level may have dropped."""
-        del snapshot  # read through the ``snapshot`` callable like every other decision
+        """Monitor listener: memory may have been freed, or the level may have dropped.
+
+        Memory pressure first frees the engine's idle cached KV (prefix reuse): it is an
+        optimisation, never worth swapping or an OOM kill."""
+        engine = snapshot.engine
+        if (
+            self._reclaim is not None
+            and engine is not None
+            and engine.kv_bytes_reclaimable > 0
+            and any(name.startswith(("memory.", "swap.")) for name, _ in snapshot.signal_levels)
+        ):
+            self._note_reclaimed(snapshot, self._reclaim(-1))
         self._pump()
 
     def memory_room_bytes(self) -> int | None:
@@ -342,14 +363,21 @@ class AdmissionController:
 
     # -- decisions --------------------------------------------------------------------------
 
-    def _room(self, snapshot: PressureSnapshot | None, *, idle: bool) -> int | None:
-        """Spare bytes now (``idle=False``) or once our own requests finished (``idle=True``)."""
+    def _room(
+        self, snapshot: PressureSnapshot | None, *, idle: bool, reclaimable: bool = True
+    ) -> int | None:
+        """Spare bytes now (``idle=False``) or once our own requests finished (``idle=True``);
+        ``reclaimable=False``: without asking the engine to free its cached lanes."""
         rooms: list[int] = []
         engine = snapshot.engine if snapshot is not None else None
         kv_in_use = engine.kv_bytes_in_use if engine is not None else 0
         held = 0 if idle else self._held
         if snapshot is not None and snapshot.memory is not None:
             available = snapshot.memory.available_bytes - self._config.memory_reserve_bytes
+            # Cached KV asked back is freed memory, whether the sample shows it yet or not.
+            cached = engine.kv_bytes_reclaimable if engine is not None else 0
+            asked = self._reclaimed[1] if self._reclaimed[0] == snapshot.sequence else 0
+            available += min(asked, cached) + (max(0, cached - asked) if reclaimable else 0)
             if idle:
                 rooms.append(available + kv_in_use)
             else:
@@ -450,6 +478,7 @@ class AdmissionController:
                     )
                     continue
                 return
+            self._take_back_cache(head.cost_bytes, snapshot)
             self._queue.pop(0)
             self._active += 1
             self._held += head.cost_bytes
@@ -457,6 +486,19 @@ class AdmissionController:
             ticket = Ticket(self, head.cost_bytes, head.priority, self._clock() - head.enqueued_at)
             head.ticket = ticket
             head.future.set_result(ticket)
+
+    def _take_back_cache(self, cost: int, snapshot: PressureSnapshot | None) -> None:
+        """Before admitting ``cost`` on room the engine's cached lanes hold, ask for it."""
+        if self._reclaim is None or snapshot is None:
+            return
+        bare = self._room(snapshot, idle=False, reclaimable=False)
+        if bare is not None and cost > bare:
+            self._note_reclaimed(snapshot, self._reclaim(cost - bare))
+
+    def _note_reclaimed(self, snapshot: PressureSnapshot, nbytes: int) -> None:
+        sequence, asked = self._reclaimed
+        before = asked if sequence == snapshot.sequence else 0
+        self._reclaimed = (snapshot.sequence, before + nbytes)
 
     def _release(self, ticket: Ticket) -> None:
         self._active -= 1

@@ -121,6 +121,9 @@ class EngineLoad:
     kv_bytes_in_use: int = 0
     kv_bytes_capacity: int | None = None
     per_token_latency_s: float | None = None
+    # KV cache of idle cached lanes (prefix reuse): allocated, so missing from MemAvailable,
+    # but freed on request, so room for a request that needs it.
+    kv_bytes_reclaimable: int = 0
 
     @property
     def kv_used_fraction(self) -> float | None:

@@ -147,6 +147,10 @@ class ScriptedEngine:
     def info(self) -> EngineInfo | None:
         return self._info
 
+    def prefill_buffer_bytes(self, prompt_tokens: int) -> int:
+        # Reading the prompt in one step: [prompt, vocab] fp32 logits, as the real engine says.
+        return prompt_tokens * self._info.vocab_size * 4
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         self.requests.append(request)
         prompt = sum(len(m.content) for m in request.messages)

@@ -109,6 +109,10 @@ def test_session_overlay_sets_threads_spinning_and_batch(spinning: bool) -> None
     assert session["session.inter_op.allow_spinning"] == flag
     assert session["session.force_spinning_stop"] == "1"  # never spin past a step
     assert session["intra_op_num_threads"] == 2
+    assert session["enable_cpu_mem_arena"] is False  # a burst's activations are given back
+    assert session_overlay(2, 8, spinning, True)["model"]["decoder"]["session_options"][
+        "enable_cpu_mem_arena"
+    ]
     assert overlay["engine"]["static_batching"]["max_batch_size"] == 8
     # 0 threads leaves onnxruntime-genai's own choice in place.
     assert (

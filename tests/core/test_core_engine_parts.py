@@ -1,4 +1,5 @@
-"""The engine pipe protocol refuses code, and stop strings never leak."""
+"""The engine pipe protocol refuses code, stop strings never leak, and prefix reuse picks lanes
+by partition, sampling key and the longest shared prefix."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import struct
 import threading
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edge_agent.engine._prefix import CachedLane, PrefixCache, common_prefix, sampling_key
 from edge_agent.engine._protocol import (
     BlockingChannel,
     FrameReader,
@@ -118,3 +121,83 @@ def test_filtered_stream_is_the_text_before_the_first_stop(pieces: list[str], st
     full = "".join(pieces)
     cut = full.find(stop)
     assert out == (full if cut < 0 else full[:cut])
+
+
+# -- prefix reuse: which cached lane a prompt may continue --------------------------------
+
+
+def _lane(tokens: list[int], partition: str = "a/INTERNAL", kv: int = 10) -> CachedLane:
+    return CachedLane(
+        generator=object(),
+        tokens=np.asarray(tokens, dtype=np.int32),
+        partition=partition,
+        key=("greedy",),
+        max_length=1000,
+        kv_bytes=kv,
+    )
+
+
+def test_common_prefix_counts_equal_leading_tokens() -> None:
+    a = np.asarray([1, 2, 3, 4], dtype=np.int32)
+    assert common_prefix(a, np.asarray([1, 2, 9], dtype=np.int32)) == 2
+    assert common_prefix(a, a[:2]) == 2
+    assert common_prefix(a, np.asarray([], dtype=np.int32)) == 0
+
+
+def test_the_longest_shared_prefix_of_the_same_partition_and_key_wins() -> None:
+    cache = PrefixCache(4)
+    history = list(range(100, 160))
+    cache.put(_lane(history[:40]))
+    cache.put(_lane(history, partition="b/INTERNAL"))  # longer, but another partition
+    cache.put(_lane(history[:50]))
+    prompt = np.asarray([*history, 7, 8], dtype=np.int32)
+    assert cache.take("a/INTERNAL", ("sample", 0.7, None, None), prompt, 100) is None
+    assert cache.take("a/INTERNAL", ("greedy",), prompt, 2000) is None  # it would not fit
+    taken = cache.take("a/INTERNAL", ("greedy",), prompt, 100)
+    assert taken is not None and taken[1] == 50 and len(cache) == 2  # removed while in use
+    # The same prompt again: one token is always read again, for the first answer token.
+    cache.put(_lane([*history, 7, 8]))
+    again = cache.take("a/INTERNAL", ("greedy",), prompt, 100)
+    assert again is not None and again[1] == len(prompt) - 1
+
+
+def test_a_short_common_start_is_no_hit() -> None:
+    cache = PrefixCache(2)
+    cache.put(_lane([1, 17, *range(200, 260)]))
+    # The format's first tokens (BOS, a system tag) are shared by every conversation.
+    assert cache.take("a/INTERNAL", ("greedy",), np.asarray([1, 17, *range(300, 360)]), 100) is None
+    # Half the prompt shared is enough.
+    prompt = np.asarray([1, 17, *range(200, 230), *range(400, 432)], dtype=np.int32)
+    assert cache.take("a/INTERNAL", ("greedy",), prompt, 100) is not None
+
+
+def test_capacity_and_eviction_free_the_least_recently_used_first() -> None:
+    cache = PrefixCache(2)
+    for start in (0, 100, 200):
+        cache.put(_lane(list(range(start, start + 40)), kv=start + 1))
+    assert len(cache) == 2 and cache.evicted == 1 and cache.kv_bytes == 101 + 201
+    assert cache.evict(1) == 101 and len(cache) == 1  # one lane is enough for one byte
+    assert cache.evict(-1) == 201 and len(cache) == 0 and cache.evicted == 3
+    off = PrefixCache(0)
+    off.put(_lane([1, 2, 3]))
+    assert len(off) == 0
+
+
+@pytest.mark.parametrize(
+    ("job", "key"),
+    [
+        ({"temperature": 0.0}, ("greedy",)),
+        ({"temperature": 0.7, "top_p": 0.9, "top_k": 40}, ("sample", 0.7, 0.9, 40)),
+        ({"temperature": 0.7, "seed": 3}, None),
+        ({"json_schema": "{}"}, None),
+        ({"min_tokens": 2}, None),
+    ],
+)
+def test_only_requests_a_generator_could_serve_alike_share_lanes(
+    job: dict[str, Any], key: tuple[Any, ...] | None
+) -> None:
+    base: dict[str, Any] = {
+        "temperature": 0.0, "top_p": None, "top_k": None, "seed": None, "json_schema": None,
+        "min_tokens": 0,
+    }  # fmt: skip
+    assert sampling_key(base | job) == key

@@ -21,7 +21,7 @@ from mistral_common.protocol.instruct.messages import SystemMessage, UserMessage
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from tekken_fixture import reference_tokenizer, tekken_model_dir
 
-from edge_agent.chat import ChatSpec
+from edge_agent.chat import ChatSpec, estimate_prompt_tokens
 from edge_agent.client import ChatOptions, Client
 from edge_agent.engine import Message
 from edge_agent.pressure import kv_bytes_per_token
@@ -79,8 +79,10 @@ def test_admission_reserves_what_the_engine_preallocates(daemon: RunningAgent) -
     per_token = kv_bytes_per_token(2, 2, 16, 4)
     overhead = daemon.agent.config.pressure.admission.request_overhead_bytes
     assert inference.kv_bytes_per_token() == per_token
+    # Reading the prompt computes [prompt, 131072] fp32 logits at once: a transient to hold.
+    logits = estimate_prompt_tokens(spec) * 131072 * 4
     # max_length tokens (what the engine allocates), not context_length (32x more).
-    assert inference.estimate_cost_bytes(spec) == per_token * SERVED + overhead
+    assert inference.estimate_cost_bytes(spec) == per_token * SERVED + overhead + logits
     # max_tokens does not change a preallocating engine's cost, and the refusal says so.
     longer = ChatSpec(messages=(Message("user", "hi"),), max_tokens=SERVED - 10)
     assert inference.estimate_cost_bytes(longer) == inference.estimate_cost_bytes(spec)
