@@ -3,7 +3,8 @@
 
 The daemon here reads prompts one token per step (``engine.prefill_chunk_tokens = 1``), so a
 prompt of a thousand tokens keeps the first token back for a thousand engine steps, as a
-long prompt on a large model does.
+long prompt on a large model does. Prefix reuse is off: every request here repeats one
+prompt, and a reused lane would skip the very wait these tests need.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ LONG = "The archive keeps every record of the harbour, its ships, their cargo an
 
 @pytest.fixture(scope="module")
 def slow_prefill(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAgent]:
-    config = make_config(tmp_path_factory.mktemp("long-waits"), prefill_chunk_tokens=1)
+    config = make_config(
+        tmp_path_factory.mktemp("long-waits"), prefill_chunk_tokens=1, prefix_cache_lanes=0
+    )
     http = HttpConfig(listen=("127.0.0.1:0",), accept_any_token=True, sse_ping_interval_s=PING_S)
     running, thread = start_agent(dataclasses.replace(config, http=http))
     yield running
