@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_report import replace_section  # noqa: E402
+
 from edge_agent.bundles import (  # noqa: E402
     generate_keypair,
     load_public_key,
@@ -165,20 +167,7 @@ def main() -> None:
     text = "\n".join([head, "", *table, "", verdict])
     print(text)
     if not args.no_write:
-        _write_section(text)
-
-
-def _write_section(text: str) -> None:
-    path = ROOT / "docs" / "BENCHMARKS.md"
-    doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"## Bundles\n\n{text}\n"
-    start = doc.find("\n## Bundles\n")
-    if start == -1:
-        doc = doc.rstrip("\n") + "\n\n" + section
-    else:
-        end = doc.find("\n## ", start + 1)
-        doc = doc[: start + 1] + section + (doc[end:] if end != -1 else "")
-    path.write_text(doc)
+        replace_section(f"## Bundles\n\n{text}\n")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from bench_report import replace_section
 
 from edge_agent.chat import Message
 from edge_agent.cloud import (
@@ -37,7 +38,6 @@ from edge_agent.cloud import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ROOT / "docs" / "BENCHMARKS.md"
 SECTION = "## cloud"
 TOKEN = "hf_benchmark_token"  # noqa: S105  # a dummy; the transport is in memory
 REQUEST = CloudChatRequest(messages=(Message("user", "hi"),))
@@ -174,19 +174,6 @@ def render(chunks: int, rounds: int, stream: dict[str, float], wrap: dict[str, f
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    """Replace this script's own section in docs/BENCHMARKS.md, leave the others alone."""
-    existing = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\n"
-    start = existing.find(SECTION + "\n")
-    if start == -1:
-        body = existing.rstrip("\n") + "\n\n" + text
-    else:
-        end = existing.find("\n## ", start + len(SECTION))
-        tail = "" if end == -1 else existing[end + 1 :]
-        body = existing[:start] + text + ("\n" + tail if tail else "")
-    BENCHMARKS.write_text(body.rstrip("\n") + "\n")
-
-
 async def run(chunks: int, rounds: int) -> str:
     events = sse_events(chunks)
     stream = await best_us_per_chunk(
@@ -217,7 +204,7 @@ def main() -> None:
     text = asyncio.run(run(args.chunks, args.rounds))
     print(text)
     if not args.no_write:
-        write_section(text)
+        replace_section(text)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_report import replace_section  # noqa: E402
+
 from edge_agent.credentials import CredentialScope  # noqa: E402
 from edge_agent.policy import (  # noqa: E402
     BudgetLedger,
@@ -36,7 +38,6 @@ from edge_agent.policy import (  # noqa: E402
     parse_policy,
 )
 
-BENCHMARKS = ROOT / "docs" / "BENCHMARKS.md"
 SECTION = "## Decision"
 TARGET_US = 500.0
 
@@ -207,19 +208,6 @@ def render(rows: list[tuple[str, float, float]], n: int) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    """Replace this script's own section, keep every other section as it is."""
-    existing = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\n"
-    start = existing.find(SECTION + "\n")
-    if start == -1:
-        body = existing.rstrip("\n") + "\n\n" + text
-    else:
-        end = existing.find("\n## ", start + len(SECTION))
-        rest = "" if end == -1 else existing[end + 1 :]
-        body = existing[:start] + text + ("\n" + rest if rest else "")
-    BENCHMARKS.write_text(body.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=20000, help="decisions per scenario")
@@ -228,7 +216,7 @@ def main() -> None:
     text = render(run(args.n), args.n)
     print(text)
     if not args.no_write:
-        write_section(text)
+        replace_section(text)
 
 
 if __name__ == "__main__":

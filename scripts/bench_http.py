@@ -40,6 +40,7 @@ from typing import Any
 import httpx
 import psutil
 from bench_local import PROMPTS, Daemon, _free_port
+from bench_report import replace_section
 from openai import AsyncOpenAI
 
 from edge_agent.client import AsyncClient, ChatOptions
@@ -311,18 +312,6 @@ def render(res: dict[str, Any], args: argparse.Namespace, note: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section of the benchmarks file, keeping the others."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if HEAD in text:
-        before, _, after = text.partition(HEAD)
-        rest = after.split("\n## ", 1)
-        text = before + section + (("\n## " + rest[1]) if len(rest) > 1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -349,7 +338,7 @@ def main() -> int:
     section = render(res, args, args.note)
     print(section)
     if args.write:
-        write_section(args.write, section)
+        replace_section(section, args.write)
     return 0
 
 

@@ -34,6 +34,7 @@ from typing import Any
 import grpc
 import numpy as np
 import psutil
+from bench_report import replace_section
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
@@ -494,20 +495,6 @@ def render(results: list[dict[str, Any]], tokens: int, lanes: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section of the benchmarks file, keeping the others."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    head = "## Local inference (scripts/bench_local.py)"
-    if head in text:
-        before, _, after = text.partition(head)
-        rest = after.split("\n## ", 1)
-        after = ("\n## " + rest[1]) if len(rest) > 1 else ""
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -534,7 +521,7 @@ def main() -> int:
     section = render(results, args.tokens, args.lanes)
     print(section)
     if args.write:
-        write_section(args.write, section)
+        replace_section(section, args.write)
     return 0
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from bench_report import replace_section
 
 from edge_agent._proto.edge_agent.v1 import inference_pb2, inference_pb2_grpc
 from edge_agent.rpc.auth import AuthInterceptor
@@ -184,17 +185,6 @@ async def main(calls: int, rounds: int) -> list[tuple[str, float]]:
     return list(best.items())
 
 
-def write_section(text: str) -> None:
-    path = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SECTION in old:
-        head, _, rest = old.partition(SECTION)
-        nxt = rest.find("\n## ")
-        old = head.rstrip("\n") + "\n" + (rest[nxt:] if nxt >= 0 else "")
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(old.rstrip("\n") + "\n\n" + text)
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
@@ -230,4 +220,4 @@ if __name__ == "__main__":
     ]
     table = "\n".join(lines) + "\n"
     print(table)
-    write_section(table)
+    replace_section(table)

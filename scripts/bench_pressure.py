@@ -23,6 +23,8 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from bench_report import replace_section
+
 from edge_agent.pressure import (
     AdmissionConfig,
     AdmissionController,
@@ -160,20 +162,6 @@ def render(
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    """Replace this script's own section in docs/BENCHMARKS.md, leave the others alone."""
-    existing = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\n"
-    start = existing.find(SECTION + "\n")
-    if start == -1:
-        body = existing.rstrip("\n") + "\n\n" + text
-    else:
-        end = existing.find("\n## ", start + len(SECTION))
-        tail = "" if end == -1 else existing[end + 1 :]
-        body = existing[:start] + text + ("\n" + tail if tail else "")
-    BENCHMARKS.parent.mkdir(parents=True, exist_ok=True)
-    BENCHMARKS.write_text(body.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--duration", type=float, default=30.0, help="seconds at 1 Hz")
@@ -186,7 +174,7 @@ def main() -> None:
     text = render(sample, monitor, admission, args.duration)
     print(text)
     if not args.no_write:
-        write_section(text)
+        replace_section(text)
         print(f"written to {BENCHMARKS.relative_to(ROOT)}")
 
 
