@@ -113,7 +113,10 @@ def error_summary(
     ref_logits: npt.NDArray[np.floating[Any]], test_logits: npt.NDArray[np.floating[Any]]
 ) -> dict[str, float]:
     kl = kl_divergence(ref_logits, test_logits)
+    lp = log_softmax(ref_logits)
     return {
+        # How peaked the reference is: ln(131072) = 11.8 nats would be uniform noise.
+        "ref_entropy": float((-(np.exp(lp) * lp).sum(axis=-1)).mean()),
         "kl_mean": float(kl.mean()),
         "kl_max": float(kl.max()),
         "top1": top1_agreement(ref_logits, test_logits),
@@ -135,6 +138,7 @@ def make_checkpoint(args: argparse.Namespace, hf_dir: Path, outliers: bool) -> i
         intermediate_size=args.intermediate,
         num_attention_heads=args.hidden // 128,
         num_key_value_heads=max(1, args.hidden // 512),
+        initializer_range=args.init_std,
     )
     torch.manual_seed(args.seed)  # the same base weights with and without outliers
     keys = {k: v for k, v in config.items() if k not in ("architectures", "torch_dtype")}
@@ -277,14 +281,15 @@ def measure(args: argparse.Namespace, folders: dict[str, Path]) -> dict[str, dic
 def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     lines = [
         "| weights | variant | KL mean (nats) | KL max | top-1 vs fp32 | prefill tok/s |"
-        " decode tok/s | size MB |",
-        "|---|---|---|---|---|---|---|---|",
+        " decode tok/s | size MB | fp32 entropy |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, rows in results.items():
         for name, r in rows.items():
             lines.append(
                 f"| {kind} | {name} | {r['kl_mean']:.4f} | {r['kl_max']:.4f} | {r['top1']:.3f} |"
                 f" {r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.1f} | {r['bytes'] / 1e6:.0f} |"
+                f" {r['ref_entropy']:.2f} |"
             )
     return "\n".join(lines)
 
@@ -303,6 +308,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument(
+        "--init-std", type=float, default=0.02, help="weight std (larger: sharper logits)"
+    )
     args = parser.parse_args(argv)
     if args.hidden % 512:
         parser.error("--hidden must be a multiple of 512 (head_dim 128, 4 heads per KV head)")
@@ -331,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(base / "cache", ignore_errors=True)
         results[kind] = measure(args, folders)
         print(table({kind: results[kind]}), flush=True)
-    shape = {k: getattr(args, k) for k in ("layers", "hidden", "intermediate", "seed")}
+    shape = {k: getattr(args, k) for k in ("layers", "hidden", "intermediate", "seed", "init_std")}
     report = {
         "shape": shape,
         "variants": [asdict(v) for v in matrix],

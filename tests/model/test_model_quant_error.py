@@ -77,6 +77,9 @@ def test_top1_agreement_and_summary() -> None:
     assert summary["top1"] == 0.5 and summary["positions"] == 4
     assert summary["kl_mean"] == pytest.approx(float(kl.mean()))
     assert summary["kl_max"] == pytest.approx(float(kl.max())) and summary["kl_max"] > 0
+    flat = qe.error_summary(np.zeros((2, 3)), np.zeros((2, 3)))
+    assert flat["ref_entropy"] == pytest.approx(math.log(3)) and flat["kl_max"] == 0
+    assert summary["ref_entropy"] < math.log(3)
 
 
 def test_option_matrix_varies_only_block_size_and_accuracy_level() -> None:
