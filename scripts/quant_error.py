@@ -145,6 +145,9 @@ def make_checkpoint(args: argparse.Namespace, hf_dir: Path, outliers: bool) -> i
     cfg = MistralConfig(**keys)
     cfg.architectures = ["MistralForCausalLM"]
     model = MistralForCausalLM(cfg).eval()
+    if args.head_scale != 1.0:  # sharp next-token distributions without a chaotic body
+        with torch.no_grad():
+            model.lm_head.weight *= args.head_scale
     if outliers:
         _inject_outliers(model, args.seed + 1)
     model = model.to(torch.bfloat16)
@@ -311,6 +314,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--init-std", type=float, default=0.02, help="weight std (larger: sharper logits)"
     )
+    parser.add_argument(
+        "--head-scale", type=float, default=1.0, help="LM head weights x this (sharper logits)"
+    )
     args = parser.parse_args(argv)
     if args.hidden % 512:
         parser.error("--hidden must be a multiple of 512 (head_dim 128, 4 heads per KV head)")
@@ -339,7 +345,10 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(base / "cache", ignore_errors=True)
         results[kind] = measure(args, folders)
         print(table({kind: results[kind]}), flush=True)
-    shape = {k: getattr(args, k) for k in ("layers", "hidden", "intermediate", "seed", "init_std")}
+    shape = {
+        k: getattr(args, k)
+        for k in ("layers", "hidden", "intermediate", "seed", "init_std", "head_scale")
+    }
     report = {
         "shape": shape,
         "variants": [asdict(v) for v in matrix],
