@@ -102,7 +102,7 @@ class EngineConfig:
     # streams' steps, so they keep their pace while it prefills; 0 reads every prompt whole.
     prefill_chunk_tokens: int = 128
     # While other streams decode, a chunk is cut so that reading it takes at most this many
-    # decode steps (measured by the worker; never under 8 tokens); 0 keeps the fixed chunk.
+    # decode steps (measured by the worker; never under 2 tokens); 0 keeps the fixed chunk.
     prefill_stall_target: float = 1.5
     # Finished Generator lanes kept idle with their KV cache, so the next turn of a
     # conversation reads only its new tokens (engine/_prefix.py); 0 turns reuse off.

@@ -74,10 +74,13 @@ __all__ = ["worker_main"]
 
 _log = logging.getLogger("edge_agent.engine.worker")
 
-# Adaptive prefill chunks (``engine.prefill_stall_target``): the smallest chunk (below it a
-# step's fixed cost dominates and the prompt's first token recedes), the decode steps whose
-# median is "a decode step", and the weight of a new chunk's time per token in its average.
-MIN_PREFILL_CHUNK = 8
+# Adaptive prefill chunks (``engine.prefill_stall_target``): the smallest chunk, the first
+# chunk beside decoding streams before any prefill was timed (time per token measured on a
+# chunk includes the step's fixed cost, so cuts then shrink towards the size whose step
+# takes the target; from below they would stay small), the decode steps whose median is
+# "a decode step", and the weight of a new chunk's time per token in its moving average.
+MIN_PREFILL_CHUNK = 2
+FIRST_PREFILL_CHUNK = 8
 DECODE_WINDOW = 9
 PREFILL_EWMA = 0.3
 
@@ -745,7 +748,7 @@ class _Worker:
             return lane.chunk
         floor = min(MIN_PREFILL_CHUNK, lane.chunk)
         if self.prefill_token_s <= 0 or not self.decode_steps:
-            return floor  # nothing measured yet: a small first chunk measures the cost safely
+            return min(FIRST_PREFILL_CHUNK, lane.chunk)  # a small chunk times the prefill
         step = statistics.median(self.decode_steps)
         return max(floor, min(lane.chunk, int(self.stall_target * step / self.prefill_token_s)))
 

@@ -17,7 +17,12 @@ import pytest
 from worker_driver import Run, step_worker
 
 from edge_agent.engine._types import GenerationRequest, Message, messages_from_job, tools_from_job
-from edge_agent.engine._worker import MIN_PREFILL_CHUNK, _GeneratorLane, _Worker
+from edge_agent.engine._worker import (
+    FIRST_PREFILL_CHUNK,
+    MIN_PREFILL_CHUNK,
+    _GeneratorLane,
+    _Worker,
+)
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
 CHUNK = 32
@@ -91,8 +96,10 @@ def test_beside_a_decoding_stream_the_chunk_shrinks_and_the_answers_hold() -> No
     n = _prompt_len(worker, _job(LONG))
     tokens = run.generated(0)
     sizes = _read_long(run, 1)
-    assert len(sizes) == math.ceil(n / MIN_PREFILL_CHUNK) > math.ceil(n / CHUNK)
-    assert all(size == MIN_PREFILL_CHUNK for size in sizes[:-1])
+    # Nothing timed yet: the first chunk is a small one that measures; then the smallest.
+    assert sizes[0] == FIRST_PREFILL_CHUNK
+    assert len(sizes) == 1 + math.ceil((n - FIRST_PREFILL_CHUNK) / MIN_PREFILL_CHUNK)
+    assert all(size == MIN_PREFILL_CHUNK for size in sizes[1:-1])
     assert worker.stats()["prefill_shrunk"] == len(sizes)  # every cut was under the chunk
     # The newcomer still gets a chunk every turn: the stream stepped once between two chunks.
     assert run.generated(0) - tokens in (len(sizes) - 1, len(sizes))
@@ -113,7 +120,7 @@ def test_a_huge_target_cuts_only_the_first_measuring_chunk() -> None:
     sizes = _read_long(run, 1)
     # Nothing measured yet: a small first chunk times the prefill; then the budget allows
     # more than the configured chunk, which stays the ceiling.
-    assert sizes[0] == MIN_PREFILL_CHUNK
+    assert sizes[0] == FIRST_PREFILL_CHUNK
     assert sizes[1:-1] == [CHUNK] * (len(sizes) - 2)
     assert sum(sizes) == n
     assert worker.stats()["prefill_shrunk"] == 1
@@ -127,11 +134,12 @@ def test_the_chunk_grows_back_when_the_stream_ends() -> None:
     run.advance()
     run.submit(1, _job(LONG))
     n = _prompt_len(worker, _job(LONG))
-    assert n > 10 * MIN_PREFILL_CHUNK + 2 * CHUNK  # the stream ends well before the prompt
+    assert n > FIRST_PREFILL_CHUNK + 10 * MIN_PREFILL_CHUNK + 2 * CHUNK  # it ends well before
     sizes = _read_long(run, 1)
     assert 0 not in worker.where  # the stream finished during the read
     small = sizes.index(CHUNK)
-    assert small >= 1 and all(s == MIN_PREFILL_CHUNK for s in sizes[:small])
+    assert small >= 2 and sizes[0] == FIRST_PREFILL_CHUNK
+    assert all(s == MIN_PREFILL_CHUNK for s in sizes[1:small])
     assert all(s == CHUNK for s in sizes[small:-1])  # alone again: the configured chunk
     run.finish()
     assert run.text[1] == _alone(_job(LONG))
