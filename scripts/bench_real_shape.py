@@ -1,7 +1,7 @@
 """Where a real 24B on a CPU box hurts, measured as ratios side by side in one run.
 
     python scripts/bench_real_shape.py --model .cache/ms3-2l [--quick] [--rounds 3]
-        [--write docs/BENCHMARKS.md]
+        [--write docs/BENCHMARKS.md] [--only stall] [--stall-targets 0,1.5]
 
 The model is meant to be the real-shape recipe (``scripts/make_tekken_model.py --shape real
 --layers N``: Mistral Small 3's exact config with N layers, int4 as the recipe says; needs the
@@ -14,7 +14,9 @@ alternating round by round so the box's drift hits both sides; medians and range
     this process (the same prompt ids, threads and spinning; onnxruntime's own arena);
   * decode tok/s ÷ the memory-bandwidth limit (numpy copy bandwidth ÷ weight bytes per token);
   * inter-token p99 of 3 decoding streams while a ~2048-token prompt arrives ÷ their idle
-    p50 (an engine worker driven step by step, as scripts/bench_prefill.py does);
+    p50 (an engine worker driven step by step, as scripts/bench_prefill.py does), one worker
+    per ``engine.prefill_stall_target`` (0: the fixed chunk), with the long prompt's TTFT;
+    ``--only stall`` runs this part alone and prints its rows;
   * time to first token of turn 5 of a conversation (history of ~2000 tokens) ÷ that of a
     fresh prompt of only turn 5's new message; the same turn in another data class (a cache
     partition of its own: read whole) beside it; and of 15 requests sharing a ~1000-token
