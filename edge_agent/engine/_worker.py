@@ -430,7 +430,7 @@ class _Worker:
         self.stall_target = float(spec.get("prefill_stall_target", 0.0))
         self.decode_steps: deque[float] = deque(maxlen=DECODE_WINDOW)
         self.prefill_token_s = 0.0  # moving average; 0: no chunk measured yet
-        self.prefill_chunk_size = 0  # the last chunk's cut (its tokens, or what was left)
+        self.prefill_chunk_size = 0  # the last chunk's cut (a last chunk reads what is left)
         self.prefill_shrunk = 0  # chunks cut under prefill_chunk_tokens
         self.prompt_tokens_read = 0  # prompt tokens run through the model (reused ones are not)
         self.prefix = PrefixCache(int(spec.get("prefix_cache_lanes", 0)))
