@@ -101,6 +101,10 @@ class EngineConfig:
     # A prompt longer than this is read this many tokens per step, between the other
     # streams' steps, so they keep their pace while it prefills; 0 reads every prompt whole.
     prefill_chunk_tokens: int = 128
+    # While other streams decode, a chunk is cut so that reading it takes at most this many
+    # decode steps (measured by the worker; never under 2 tokens); 0 keeps the fixed chunk.
+    # Off by default for now: 1.5 met the stall goal on the real shape (docs/BENCHMARKS.md).
+    prefill_stall_target: float = 0.0
     # Finished Generator lanes kept idle with their KV cache, so the next turn of a
     # conversation reads only its new tokens (engine/_prefix.py); 0 turns reuse off.
     prefix_cache_lanes: int = 2
@@ -254,6 +258,9 @@ def _parse_engine(r: TableReader, base: Path) -> EngineConfig:
         ),
         prefill_chunk_tokens=r.integer(
             "prefill_chunk_tokens", d.prefill_chunk_tokens, min_value=0, max_value=1 << 20
+        ),
+        prefill_stall_target=r.number(
+            "prefill_stall_target", d.prefill_stall_target, min_value=0, max_value=1000
         ),
         prefix_cache_lanes=r.integer(
             "prefix_cache_lanes", d.prefix_cache_lanes, min_value=0, max_value=64

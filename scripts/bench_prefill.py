@@ -40,7 +40,8 @@ SENTENCE = "The archive keeps every record of the harbour, its ships, their carg
 LONG_ID = 99
 
 
-def _worker(model: Path, chunk: int, lanes: int) -> _Worker:
+def _worker(model: Path, chunk: int, lanes: int, stall_target: float = 0.0) -> _Worker:
+    """``stall_target``: ``engine.prefill_stall_target`` (0: the fixed chunk)."""
     spec: dict[str, Any] = {
         "model_dir": str(model),
         "providers": ["cpu"],
@@ -51,6 +52,7 @@ def _worker(model: Path, chunk: int, lanes: int) -> _Worker:
         "max_batch_size": 16,
         "regroup_max_tokens": 16,
         "prefill_chunk_tokens": chunk,
+        "prefill_stall_target": stall_target,
     }
     return _Worker(None, spec)  # type: ignore[arg-type]  # driven here, no pipe
 

@@ -1,7 +1,7 @@
 """Where a real 24B on a CPU box hurts, measured as ratios side by side in one run.
 
     python scripts/bench_real_shape.py --model .cache/ms3-2l [--quick] [--rounds 3]
-        [--write docs/BENCHMARKS.md]
+        [--write docs/BENCHMARKS.md] [--only stall] [--stall-targets 0,1.5]
 
 The model is meant to be the real-shape recipe (``scripts/make_tekken_model.py --shape real
 --layers N``: Mistral Small 3's exact config with N layers, int4 as the recipe says; needs the
@@ -14,7 +14,9 @@ alternating round by round so the box's drift hits both sides; medians and range
     this process (the same prompt ids, threads and spinning; onnxruntime's own arena);
   * decode tok/s ÷ the memory-bandwidth limit (numpy copy bandwidth ÷ weight bytes per token);
   * inter-token p99 of 3 decoding streams while a ~2048-token prompt arrives ÷ their idle
-    p50 (an engine worker driven step by step, as scripts/bench_prefill.py does);
+    p50 (an engine worker driven step by step, as scripts/bench_prefill.py does), one worker
+    per ``engine.prefill_stall_target`` (0: the fixed chunk), with the long prompt's TTFT;
+    ``--only stall`` runs this part alone and prints its rows;
   * time to first token of turn 5 of a conversation (history of ~2000 tokens) ÷ that of a
     fresh prompt of only turn 5's new message; the same turn in another data class (a cache
     partition of its own: read whole) beside it; and of 15 requests sharing a ~1000-token
@@ -262,17 +264,24 @@ def _decode(raw: Raw, daemon: Daemon, model_dir: Path, tokens: int, rounds: int)
     }
 
 
-def _stall(model_dir: Path, long_tokens: int, rounds: int) -> dict[str, Any]:
-    worker = _stall_worker(model_dir, 128, 3)  # the daemon's defaults
-    long_prompt, n = _long_prompt(worker, long_tokens)
-    _round(worker, FILLER * 4)  # pays its first long prefill before measuring
-    results = [_round(worker, f"{r} {long_prompt}") for r in range(rounds)]
-    del worker
+def _stall(model_dir: Path, long_tokens: int, rounds: int, targets: list[float]) -> dict[str, Any]:
+    """One worker per ``engine.prefill_stall_target`` (the daemon's other defaults), rounds
+    alternating between them; a target of 0 is the fixed 128-token chunk."""
+    workers = {t: _stall_worker(model_dir, 128, 3, t) for t in targets}
+    long_prompt, n = _long_prompt(workers[targets[0]], long_tokens)
+    for worker in workers.values():
+        _round(worker, FILLER * 4)  # pays its first long prefill before measuring
+    results: dict[float, list[dict[str, float]]] = {t: [] for t in targets}
+    for r in range(rounds):
+        for t in targets if r % 2 == 0 else targets[::-1]:
+            results[t].append(_round(workers[t], f"{r} {long_prompt}"))
+            print(f"stall round {r} target {t}: {results[t][-1]}", file=sys.stderr)
+    del workers
     return {
         "long_tokens": n,
-        "ratio": [x["ratio"] for x in results],
-        "idle_p50_ms": [x["idle_p50_ms"] for x in results],
-        "loaded_p99_ms": [x["loaded_p99_ms"] for x in results],
+        "targets": {
+            t: {key: [x[key] for x in rows] for key in rows[0]} for t, rows in results.items()
+        },
     }
 
 
@@ -344,6 +353,23 @@ def _layers_factor(model_dir: Path) -> tuple[int, float] | None:
     return layers, (40 * layer + lm_head) / (layers * layer + lm_head)
 
 
+def _stall_rows(s: dict[str, Any]) -> list[str]:
+    rows = []
+    fixed = s["targets"].get(0.0)
+    for target, v in s["targets"].items():
+        what = f"stall target {target:g}" if target else "fixed 128-token chunk"
+        ttft = f"its TTFT {_cell(v['ttft_s'], '.1f')} s"
+        if fixed is not None and target:
+            cost = [a / b for a, b in zip(v["ttft_s"], fixed["ttft_s"], strict=True)]
+            ttft += f" = {_cell(cost, '.2f')}× the fixed chunk's"
+        rows.append(
+            f"| 3 streams' gap p99 while a {s['long_tokens']}-token prompt arrives ÷ idle p50 "
+            f"({what}; {ttft}) | idle p50 {_cell(v['idle_p50_ms'], '.1f')} ms | p99 "
+            f"{_cell(v['loaded_p99_ms'], '.0f')} ms | **{_cell(v['ratio'], '.1f')}** | ≤ 3 |"
+        )
+    return rows
+
+
 def render(model_dir: Path, res: dict[str, Any], rounds: int, quick: bool) -> str:
     lines = [
         HEAD,
@@ -363,6 +389,8 @@ def render(model_dir: Path, res: dict[str, Any], rounds: int, quick: bool) -> st
                 f"**{_cell(value['ratio'], '.2f')}** "
                 "| ≥ 1 (daemon ÷ raw) |"
             )
+    if "decode" not in res:  # --only stall
+        return "\n".join([*lines, *_stall_rows(res["stall"])]) + "\n"
     d = res["decode"]
     lines.append(
         f"| decode tok/s ÷ bandwidth limit ({d['limit_tps']:.1f} tok/s = "
@@ -370,12 +398,7 @@ def render(model_dir: Path, res: dict[str, Any], rounds: int, quick: bool) -> st
         f"{_cell(d['raw'], '.1f')} tok/s = {_cell(d['raw_fraction'], '.2f')} | "
         f"{_cell(d['daemon'], '.1f')} tok/s | **{_cell(d['daemon_fraction'], '.2f')}** | ≥ 0.85 |"
     )
-    s = res["stall"]
-    lines.append(
-        f"| 3 streams' gap p99 while a {s['long_tokens']}-token prompt arrives ÷ idle p50 | "
-        f"idle p50 {_cell(s['idle_p50_ms'], '.1f')} ms | p99 {_cell(s['loaded_p99_ms'], '.0f')}"
-        f" ms | **{_cell(s['ratio'], '.1f')}** | ≤ 3 |"
-    )
+    lines += _stall_rows(res["stall"])
     u = res["reuse"]
     lines.append(
         f"| TTFT of turn 5 ({u['history_tokens']:.0f}-token prompt) ÷ fresh turn-5-only prompt |"
@@ -434,12 +457,23 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer rounds and tokens")
     parser.add_argument("--rounds", type=int, default=0, help="default 3, --quick 2")
     parser.add_argument("--write", type=Path, help="replace this script's section there")
+    parser.add_argument("--only", choices=["stall"], help="run only this part (no --write)")
+    parser.add_argument(
+        "--stall-targets", default="0,1.5", help="engine.prefill_stall_target values side by side"
+    )
     args = parser.parse_args()
+    if args.only and args.write:
+        parser.error("--only prints its rows; --write needs the whole run")
+    targets = [float(t) for t in args.stall_targets.split(",")]
     model = args.model.resolve()
     rounds = args.rounds or (2 if args.quick else 3)
     context = json.loads((model / "genai_config.json").read_text())["search"]["max_length"]
     sizes = [s for s in (32, 512, 2048) if s + 64 < context]
     res: dict[str, Any] = {}
+    if args.only == "stall":
+        res["stall"] = _stall(model, min(2048, context - 128), rounds, targets)
+        print(render(args.model, res, rounds, args.quick))
+        return 0
     raw = Raw(model)
     raw.run(raw.ids([("user", "warm up")]), 2)
     with tempfile.TemporaryDirectory() as tmp:
@@ -470,7 +504,7 @@ def main() -> int:
         finally:
             daemon.stop()
     del raw
-    res["stall"] = _stall(model, min(2048, context - 128), rounds)
+    res["stall"] = _stall(model, min(2048, context - 128), rounds, targets)
     section = render(args.model, res, rounds, args.quick)
     print(section)
     if args.write:

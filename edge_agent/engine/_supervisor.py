@@ -221,6 +221,7 @@ class EngineSupervisor:
             "max_batch_size": c.max_batch_size,
             "regroup_max_tokens": c.regroup_max_tokens,
             "prefill_chunk_tokens": c.prefill_chunk_tokens,
+            "prefill_stall_target": c.prefill_stall_target,
             "prefix_cache_lanes": c.prefix_cache_lanes,
             "cpu_memory_arena": c.cpu_memory_arena,
         }

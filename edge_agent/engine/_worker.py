@@ -19,7 +19,10 @@ other lanes' steps; then it decodes there. The static Engine cannot do this itse
 turn of a request generates at least one token that stays in its sequence, and a second
 turn needs the request alone in its batch (docs/ARCHITECTURE.md "Chunked prefill"). Long
 prompts are read one at a time, oldest first, in one place of the rotation, so a running
-stream waits at most one chunk per turn whatever arrives.
+stream waits at most one chunk per turn whatever arrives. With ``engine.prefill_stall_target``
+the chunk adapts: while other streams decode, it is sized from the worker's own running
+estimates (median decode step, prefill time per token) so that reading it costs at most that
+multiple of a decode step; alone, the prompt is read ``prefill_chunk_tokens`` at a time.
 
 Regrouping. Requests of a burst reach the worker one by one: the first starts stepping
 alone at once (its time to first token matters), the rest gather in a fresh lane, and the
@@ -46,6 +49,7 @@ import logging
 import os
 import signal
 import socket
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable
@@ -69,6 +73,16 @@ from edge_agent.pressure import context_from_genai_config, kv_bytes_per_token_fr
 __all__ = ["worker_main"]
 
 _log = logging.getLogger("edge_agent.engine.worker")
+
+# Adaptive prefill chunks (``engine.prefill_stall_target``): the smallest chunk, the first
+# chunk beside decoding streams before any prefill was timed (time per token measured on a
+# chunk includes the step's fixed cost, so cuts then shrink towards the size whose step
+# takes the target; from below they would stay small), the decode steps whose median is
+# "a decode step", and the weight of a new chunk's time per token in its moving average.
+MIN_PREFILL_CHUNK = 2
+FIRST_PREFILL_CHUNK = 8
+DECODE_WINDOW = 9
+PREFILL_EWMA = 0.3
 
 _TOKEN = 1
 _TURN_FINISHED = 2
@@ -351,11 +365,12 @@ class _GeneratorLane:
     def reading(self) -> bool:
         return self.read < len(self.job.tokens)
 
-    def step(self, out: _Out, eos: frozenset[int]) -> None:
+    def step(self, out: _Out, eos: frozenset[int], chunk: int = 0) -> None:
+        """``chunk``: prompt tokens to read this step (0: the lane's own chunk)."""
         job, gen = self.job, self.generator
         try:
             if self.reading:
-                end = min(self.read + self.chunk, len(job.tokens))
+                end = min(self.read + (chunk or self.chunk), len(job.tokens))
                 gen.append_tokens(job.tokens[self.read : end])  # runs the model on the chunk
                 self.read = end
                 if self.reading:
@@ -411,6 +426,12 @@ class _Worker:
         # Absent (an older daemon's spec): whole prompts, as before chunking existed.
         self.prefill_chunk = int(spec.get("prefill_chunk_tokens", 0))
         self.prefill_chunks = 0
+        # Adaptive chunks: 0 keeps the fixed chunk; the estimates are measured on every step.
+        self.stall_target = float(spec.get("prefill_stall_target", 0.0))
+        self.decode_steps: deque[float] = deque(maxlen=DECODE_WINDOW)
+        self.prefill_token_s = 0.0  # moving average; 0: no chunk measured yet
+        self.prefill_chunk_size = 0  # the last chunk's cut (a last chunk reads what is left)
+        self.prefill_shrunk = 0  # chunks cut under prefill_chunk_tokens
         self.prompt_tokens_read = 0  # prompt tokens run through the model (reused ones are not)
         self.prefix = PrefixCache(int(spec.get("prefix_cache_lanes", 0)))
         self.prefix_hits = self.prefix_misses = self.prefix_reused_tokens = 0
@@ -478,6 +499,8 @@ class _Worker:
             "regrouped": self.regrouped,
             "prefilling": sum(g.chunked and g.reading for g in self.generators),
             "prefill_chunks": self.prefill_chunks,
+            "prefill_chunk_size": self.prefill_chunk_size,
+            "prefill_shrunk": self.prefill_shrunk,
             "prompt_tokens_read": self.prompt_tokens_read,
             "prefix_hits": self.prefix_hits,
             "prefix_misses": self.prefix_misses,
@@ -695,11 +718,39 @@ class _Worker:
         return steps
 
     def _step_generator(self, lane: _GeneratorLane, out: _Out) -> None:
-        if lane.reading and lane.chunked:
-            self.prefill_chunks += 1
-        read = lane.read
-        lane.step(out, self.eos)
-        self.prompt_tokens_read += lane.read - read
+        if not (lane.reading and lane.chunked):
+            read = lane.read
+            lane.step(out, self.eos)
+            self.prompt_tokens_read += lane.read - read
+            return
+        chunk = self._chunk_budget(lane)
+        self.prefill_chunks += 1
+        self.prefill_chunk_size = chunk
+        self.prefill_shrunk += chunk < lane.chunk
+        read, started = lane.read, time.perf_counter()
+        lane.step(out, self.eos, chunk)
+        tokens = lane.read - read
+        self.prompt_tokens_read += tokens
+        if tokens > 0:
+            per = (time.perf_counter() - started) / tokens
+            old = self.prefill_token_s
+            self.prefill_token_s = per if old <= 0 else old + PREFILL_EWMA * (per - old)
+
+    def _others_decoding(self, reading: _GeneratorLane) -> bool:
+        return any(lane.busy for lane in self.lanes) or any(
+            g is not reading and not (g.chunked and g.reading) for g in self.generators
+        )
+
+    def _chunk_budget(self, lane: _GeneratorLane) -> int:
+        """Prompt tokens the next chunk reads: the lane's whole chunk when nothing else
+        decodes (or the budget is off), else as many as take ``stall_target`` decode steps."""
+        if self.stall_target <= 0 or not self._others_decoding(lane):
+            return lane.chunk
+        floor = min(MIN_PREFILL_CHUNK, lane.chunk)
+        if self.prefill_token_s <= 0 or not self.decode_steps:
+            return min(FIRST_PREFILL_CHUNK, lane.chunk)  # a small chunk times the prefill
+        step = statistics.median(self.decode_steps)
+        return max(floor, min(lane.chunk, int(self.stall_target * step / self.prefill_token_s)))
 
     def _keep(self, lane: _GeneratorLane) -> None:
         """A finished lane that may be cached becomes an idle cached lane."""
@@ -724,7 +775,10 @@ class _Worker:
             # The next after the last one stepped, even when places came or went since: a
             # plain counter modulo a changing length can step one place twice in a row.
             place, step = next(((k, f) for k, f in runnable if k > self.turn), runnable[0])
+            started = time.perf_counter()
             step(out)
+            if place[0] != 2:  # a decode step (a median: the odd step that reads a prompt is out)
+                self.decode_steps.append(time.perf_counter() - started)
             self.turn = place
             self.steps += 1
             for job_rid in [rid for rid, *_ in out.done]:

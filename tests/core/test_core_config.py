@@ -43,6 +43,8 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> Non
         ("[engine]\nlanes = 0\n", "engine.lanes"),
         ("[engine]\nlanes = true\n", "engine.lanes"),
         ("[engine]\nlanse = 2\n", "engine.lanse"),
+        ("[engine]\nprefill_stall_target = -0.5\n", "engine.prefill_stall_target"),
+        ('[engine]\nprefill_stall_target = "2x"\n', "engine.prefill_stall_target"),
         ('[engine]\nthread_spinning = "yes"\n', "engine.thread_spinning"),
         ("[engine.provider_options.cuda]\ndevice_id = 1\n", "engine.provider_options.cuda"),
         ('[logging]\nlevel = "LOUD"\n', "logging.level"),
@@ -77,3 +79,11 @@ def test_malloc_arena_max_defaults_to_two_and_zero_leaves_glibc_alone(tmp_path: 
         load_config(_write(tmp_path, "[server]\nmalloc_arena_max = 0\n")).server.malloc_arena_max
         == 0
     )
+
+
+def test_prefill_stall_target_is_off_by_default_and_takes_a_number(tmp_path: Path) -> None:
+    assert load_config(_write(tmp_path, "")).engine.prefill_stall_target == 0.0
+    cfg = load_config(_write(tmp_path, "[engine]\nprefill_stall_target = 1.5\n"))
+    assert cfg.engine.prefill_stall_target == 1.5
+    cfg = load_config(_write(tmp_path, "[engine]\nprefill_stall_target = 3\n"))
+    assert cfg.engine.prefill_stall_target == 3.0
