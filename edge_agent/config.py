@@ -103,8 +103,8 @@ class EngineConfig:
     prefill_chunk_tokens: int = 128
     # While other streams decode, a chunk is cut so that reading it takes at most this many
     # decode steps (measured by the worker; never under 2 tokens); 0 keeps the fixed chunk.
-    # Off by default for now: 1.5 met the stall goal on the real shape (docs/BENCHMARKS.md).
-    prefill_stall_target: float = 0.0
+    # 1.5 met the stall goal on the real shape (docs/BENCHMARKS.md "Real shape").
+    prefill_stall_target: float = 1.5
     # Finished Generator lanes kept idle with their KV cache, so the next turn of a
     # conversation reads only its new tokens (engine/_prefix.py); 0 turns reuse off.
     prefix_cache_lanes: int = 2

@@ -46,6 +46,7 @@ import psutil
 from bench_local import _free_port, _memory_bandwidth
 from bench_prefill import _long_prompt, _round
 from bench_prefill import _worker as _stall_worker
+from bench_report import replace_section
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
@@ -439,18 +440,6 @@ def render(model_dir: Path, res: dict[str, Any], rounds: int, quick: bool) -> st
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section of the benchmarks file, keeping the others."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if HEAD in text:
-        before, _, after = text.partition(HEAD)
-        rest = after.split("\n## ", 1)
-        text = before + section + (("\n## " + rest[1]) if len(rest) > 1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, required=True)
@@ -508,7 +497,7 @@ def main() -> int:
     section = render(args.model, res, rounds, args.quick)
     print(section)
     if args.write:
-        write_section(args.write, section)
+        replace_section(section, args.write)
     return 0
 
 

@@ -81,9 +81,11 @@ def test_malloc_arena_max_defaults_to_two_and_zero_leaves_glibc_alone(tmp_path: 
     )
 
 
-def test_prefill_stall_target_is_off_by_default_and_takes_a_number(tmp_path: Path) -> None:
-    assert load_config(_write(tmp_path, "")).engine.prefill_stall_target == 0.0
-    cfg = load_config(_write(tmp_path, "[engine]\nprefill_stall_target = 1.5\n"))
-    assert cfg.engine.prefill_stall_target == 1.5
+def test_prefill_stall_target_defaults_to_the_measured_choice_and_takes_a_number(
+    tmp_path: Path,
+) -> None:
+    assert load_config(_write(tmp_path, "")).engine.prefill_stall_target == 1.5
+    cfg = load_config(_write(tmp_path, "[engine]\nprefill_stall_target = 0\n"))
+    assert cfg.engine.prefill_stall_target == 0.0
     cfg = load_config(_write(tmp_path, "[engine]\nprefill_stall_target = 3\n"))
     assert cfg.engine.prefill_stall_target == 3.0

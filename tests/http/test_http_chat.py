@@ -313,11 +313,19 @@ def test_a_finished_stream_is_recorded_ok_not_cancelled(
         )
     )
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    # The stream's end is counted and audited after [DONE] reached the client: wait for both
+    # (other tests' late records may land first, so look the record up by its id).
     until = time.monotonic() + 10
-    while _ok(daemon) == ok and time.monotonic() < until:
+    record = None
+    while time.monotonic() < until:
+        record = next(
+            (r for r in daemon.agent.audit.tail(50) if r.request_id == "whole-stream"), None
+        )
+        if record is not None and _ok(daemon) > ok:
+            break
         time.sleep(0.02)
+    assert record is not None, "the finished stream was audited"
     assert (_ok(daemon), _cancelled(daemon)) == (ok + 1, cancelled)
-    record = next(r for r in daemon.agent.audit.tail(10) if r.request_id == "whole-stream")
     assert [a["outcome"] for a in record.attempt_list()] == ["ok"]
 
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 from tekken_fixture import tekken_model_dir
-from worker_driver import Run, step_worker
+from worker_driver import Run, answer_alone, prompt_len, step_worker
 
-from edge_agent.engine._types import GenerationRequest, Message, messages_from_job, tools_from_job
+from edge_agent.engine._types import GenerationRequest, Message
 from edge_agent.engine._worker import _EngineLane, _GeneratorLane, _Worker
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
@@ -42,17 +42,6 @@ def _worker(model: Path, chunk: int) -> _Worker:
 def _job(prompt: str, tokens: int = 24, **extra: Any) -> dict[str, Any]:
     fields: dict[str, Any] = {"max_tokens": tokens, "min_tokens": tokens} | extra
     return GenerationRequest(messages=(Message("user", prompt),), **fields).to_job()
-
-
-def _prompt_len(worker: _Worker, job: dict[str, Any]) -> int:
-    return len(worker.prompts.build(messages_from_job(job), tools_from_job(job), ""))
-
-
-def _answer(worker: _Worker, job: dict[str, Any]) -> tuple[str, tuple[str, int, int, Any]]:
-    run = Run(worker)
-    run.submit(1, job)
-    run.finish()
-    return run.text.get(1, ""), run.done[1]
 
 
 def _idle(worker: _Worker) -> bool:
@@ -88,12 +77,12 @@ def test_a_chunked_answer_equals_the_same_request_read_whole(
     chunked: _Worker, whole: _Worker, extra: dict[str, Any]
 ) -> None:
     job = _job(LONG, **extra)
-    n = _prompt_len(chunked, job)
+    n = prompt_len(chunked, job)
     assert n > 4 * CHUNK
     before = chunked.prefill_chunks
-    text, done = _answer(chunked, job)
+    text, done = answer_alone(chunked, job)
     assert chunked.prefill_chunks - before == math.ceil(n / CHUNK)  # it was read in chunks
-    assert (text, done) == _answer(whole, job)
+    assert (text, done) == answer_alone(whole, job)
     assert whole.prefill_chunks == 0
     reason, prompt, completion, error = done
     assert (prompt, error) == (n, None)  # usage counts the prompt once, however it was read
@@ -106,13 +95,13 @@ def test_a_chunked_answer_equals_the_same_request_read_whole(
 def test_stop_strings_and_min_tokens_hold_for_a_chunked_request(
     chunked: _Worker, whole: _Worker
 ) -> None:
-    free, _ = _answer(whole, _job(LONG, tokens=30))
+    free, _ = answer_alone(whole, _job(LONG, tokens=30))
     # A stop string taken from the middle of the answer itself: both must cut there.
     stop = free[len(free) // 2 : len(free) // 2 + 3]
     assert stop.strip()
     job = _job(LONG, tokens=30, stop=[stop])
-    text, done = _answer(chunked, job)
-    assert (text, done) == _answer(whole, job)
+    text, done = answer_alone(chunked, job)
+    assert (text, done) == answer_alone(whole, job)
     assert done[0] == "stop" and stop not in text and free.startswith(text)
 
 
@@ -122,10 +111,10 @@ def test_the_mistral_v7_fixture_gives_the_same_answer_chunked(
     model = tekken_model_dir(tmp_path_factory.mktemp("v7"))
     chunked, whole = _worker(model, CHUNK), _worker(model, 0)
     job = _job(LONG, tokens=20)
-    assert _prompt_len(chunked, job) > 4 * CHUNK
-    text, done = _answer(chunked, job)
+    assert prompt_len(chunked, job) > 4 * CHUNK
+    text, done = answer_alone(chunked, job)
     assert chunked.prefill_chunks >= 4
-    assert (text, done) == _answer(whole, job)
+    assert (text, done) == answer_alone(whole, job)
 
 
 def test_a_running_stream_gets_tokens_between_the_chunks_of_a_long_prompt(
@@ -157,9 +146,9 @@ def test_a_running_stream_gets_tokens_between_the_chunks_of_a_long_prompt(
     assert run.generated(1) == 1  # its first token comes with its last chunk
     run.finish()
     # Both answers are what each gets alone: the chunks did not disturb the Engine's stream.
-    assert run.text[1] == _answer(whole, _job(LONG, tokens=24))[0]
-    assert run.text[0] == _answer(whole, _job(SHORT, tokens=200))[0]
-    assert run.done[0][:3] == ("length", _prompt_len(chunked, _job(SHORT)), 200)
+    assert run.text[1] == answer_alone(whole, _job(LONG, tokens=24))[0]
+    assert run.text[0] == answer_alone(whole, _job(SHORT, tokens=200))[0]
+    assert run.done[0][:3] == ("length", prompt_len(chunked, _job(SHORT)), 200)
     assert _idle(chunked)
 
 
@@ -208,31 +197,31 @@ def test_a_cancel_during_prefill_frees_the_request(chunked: _Worker) -> None:
     run.finish()
     assert chunked.prefill_chunks == chunks  # not one more chunk was read
     assert 1 not in run.done and not run.text.get(1)  # it ends silently: the daemon ended it
-    assert run.done[0][:3] == ("length", _prompt_len(chunked, _job(SHORT)), 40)
+    assert run.done[0][:3] == ("length", prompt_len(chunked, _job(SHORT)), 40)
     assert read > 0 and _idle(chunked)
 
 
 def test_short_prompts_are_read_whole_on_an_engine_lane() -> None:
     probe = _worker(DEMO, 0)
-    fits = _prompt_len(probe, _job(SHORT))
+    fits = prompt_len(probe, _job(SHORT))
     worker = _worker(DEMO, fits)  # the budget is exactly the short prompt
     run = Run(worker)
     run.submit(0, _job(SHORT))
     run.submit(1, _job(SHORT + " Go on."))  # one token over the budget
     assert isinstance(worker.where[1], _GeneratorLane)
-    assert _prompt_len(worker, _job(SHORT + " Go on.")) > fits
+    assert prompt_len(worker, _job(SHORT + " Go on.")) > fits
     run.advance()
     assert isinstance(worker.where[0], _EngineLane)
     assert run.generated(0) == 1  # read whole: its first token at its first step
     assert worker.prefill_chunks == 0
     run.finish()
-    assert run.text[0] == _answer(probe, _job(SHORT))[0]
+    assert run.text[0] == answer_alone(probe, _job(SHORT))[0]
     assert _idle(worker)
 
 
 def test_regrouping_goes_on_beside_a_chunked_prompt(chunked: _Worker, whole: _Worker) -> None:
     prompts = ["What is a module?", "How do I open a file?", "What does json.dumps do?"]
-    reference = [_answer(whole, _job(p))[0] for p in prompts]
+    reference = [answer_alone(whole, _job(p))[0] for p in prompts]
     before = chunked.regrouped
     run = Run(chunked)
     run.submit(0, _job(prompts[0]))
@@ -254,11 +243,11 @@ def test_a_bad_schema_on_a_chunked_request_names_the_field(
 ) -> None:
     job = _job(LONG, json_schema=json.dumps({"type": "no-such-type"}), min_tokens=0)
     for worker in (chunked, whole):
-        text, (reason, prompt, completion, error) = _answer(worker, job)
+        text, (reason, prompt, completion, error) = answer_alone(worker, job)
         assert (text, reason, completion) == ("", "error", 0)
         assert error[:2] == ("invalid_argument", "response_format.json_schema")
         assert "refused" in error[2]
-        assert prompt == _prompt_len(worker, job)
+        assert prompt == prompt_len(worker, job)
         assert _idle(worker)
 
 
@@ -275,7 +264,7 @@ def test_a_running_stream_never_waits_for_two_chunks_in_a_row(chunked: _Worker) 
         steps.append("chunk" if chunked.prefill_chunks > chunks else "other")
         if run.generated(0) > tokens:
             steps[-1] = "stream"
-    assert steps.count("chunk") >= 3 * math.ceil(_prompt_len(chunked, _job(LONG)) / CHUNK)
+    assert steps.count("chunk") >= 3 * math.ceil(prompt_len(chunked, _job(LONG)) / CHUNK)
     pairs = list(itertools.pairwise(steps))
     assert ("chunk", "chunk") not in pairs
     run.finish()

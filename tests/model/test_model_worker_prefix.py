@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from tekken_fixture import tekken_model_dir
-from worker_driver import Run, step_worker
+from worker_driver import Run, answer_alone, prompt_len, step_worker
 
 from edge_agent.engine._types import GenerationRequest, Message, messages_from_job, tools_from_job
 from edge_agent.engine._worker import _GeneratorLane, _Worker
@@ -44,17 +44,6 @@ def _job(
     return GenerationRequest(messages=tuple(messages), **(fields | extra)).to_job()
 
 
-def _prompt_len(worker: _Worker, job: dict[str, Any]) -> int:
-    return len(worker.prompts.build(messages_from_job(job), tools_from_job(job), ""))
-
-
-def _answer(worker: _Worker, job: dict[str, Any]) -> tuple[str, tuple[str, int, int, Any]]:
-    run = Run(worker)
-    run.submit(1, job)
-    run.finish()
-    return run.text.get(1, ""), run.done[1]
-
-
 def _conversation(
     worker: _Worker, turns: int, partition: str = "client-a/INTERNAL"
 ) -> list[tuple[dict[str, Any], str, dict[str, int]]]:
@@ -65,7 +54,7 @@ def _conversation(
         messages.append(Message("user", question))
         job = _job(messages, partition)
         before = worker.stats()
-        text, done = _answer(worker, job)
+        text, done = answer_alone(worker, job)
         after = worker.stats()
         assert done[0] in ("stop", "length") and done[3] is None
         moved = {k: after[k] - before[k] for k in after if isinstance(after[k], int)}
@@ -99,17 +88,17 @@ def test_later_turns_read_only_their_new_tokens_and_answer_the_same(
     assert [text for _, text, _ in with_reuse] == [text for _, text, _ in without]
     first_job, _, first = with_reuse[0]
     assert first["prefix_hits"] == 0 and first["prefix_misses"] == 1
-    assert first["prompt_tokens_read"] == _prompt_len(cached, first_job)
+    assert first["prompt_tokens_read"] == prompt_len(cached, first_job)
     for (job, _, moved), (previous, _, _) in zip(with_reuse[1:], with_reuse, strict=False):
-        n = _prompt_len(cached, job)
+        n = prompt_len(cached, job)
         assert moved["prefix_hits"] == 1 and moved["prefix_misses"] == 0
         reused = moved["prefix_reused_tokens"]
         # Everything the previous turn read was kept; only the rest was read.
-        assert reused >= _prompt_len(cached, previous)
+        assert reused >= prompt_len(cached, previous)
         assert moved["prompt_tokens_read"] == n - reused
     # Without the cache every turn reads its whole prompt.
     for job, _, moved in without:
-        assert moved["prompt_tokens_read"] == _prompt_len(plain, job)
+        assert moved["prompt_tokens_read"] == prompt_len(plain, job)
         assert moved["prefix_hits"] == moved["prefix_misses"] == 0
     assert cached.stats()["cached_lanes"] == 1  # the conversation's one lane, idle again
     assert plain.stats()["cached_lanes"] == 0
@@ -131,7 +120,7 @@ def test_the_mistral_v7_fixture_continues_a_cached_lane_to_the_same_distribution
     run = Run(worker)
     run.submit(2, follow_job)
     lane = worker.where[2]
-    assert isinstance(lane, _GeneratorLane) and lane.start >= _prompt_len(worker, job)
+    assert isinstance(lane, _GeneratorLane) and lane.start >= prompt_len(worker, job)
     tokens = lane.job.tokens
     while lane.read + lane.chunk < len(tokens):
         run.advance()
@@ -169,21 +158,21 @@ def test_another_partition_never_reuses(cached: _Worker) -> None:
     follow = [*messages, Message("user", QUESTIONS[1])]
     for partition in ("client-b/INTERNAL", "client-a/CONFIDENTIAL"):
         before = cached.stats()
-        _answer(cached, _job(follow, partition))
+        answer_alone(cached, _job(follow, partition))
         after = cached.stats()
         assert after["prefix_hits"] == before["prefix_hits"]
         assert after["prefix_misses"] == before["prefix_misses"] + 1
-        assert after["prompt_tokens_read"] - before["prompt_tokens_read"] == _prompt_len(
+        assert after["prompt_tokens_read"] - before["prompt_tokens_read"] == prompt_len(
             cached, _job(follow)
         )
     # Requests without a partition (tools, tests, an older daemon) neither reuse nor count.
     before = cached.stats()
-    _answer(cached, _job(follow, partition=""))
+    answer_alone(cached, _job(follow, partition=""))
     assert cached.stats()["prefix_misses"] == before["prefix_misses"]
     assert cached.stats()["prefix_hits"] == before["prefix_hits"]
     # The owner's own next turn still finds its lane.
     before = cached.stats()
-    _answer(cached, _job(follow))
+    answer_alone(cached, _job(follow))
     assert cached.stats()["prefix_hits"] == before["prefix_hits"] + 1
 
 
@@ -214,7 +203,7 @@ def test_the_cache_is_bounded_and_evicts_least_recently_used(cached: _Worker) ->
     conversations = [f"Conversation {i}. {SYSTEM}" for i in range(capacity + 1)]
     hits = cached.stats()["prefix_hits"]
     for system in conversations:
-        _answer(cached, _job([Message("system", system), Message("user", QUESTIONS[0])]))
+        answer_alone(cached, _job([Message("system", system), Message("user", QUESTIONS[0])]))
     stats = cached.stats()
     assert stats["prefix_hits"] == hits
     assert stats["cached_lanes"] == capacity  # engine.prefix_cache_lanes
@@ -224,7 +213,7 @@ def test_the_cache_is_bounded_and_evicts_least_recently_used(cached: _Worker) ->
     # The oldest conversation was evicted: it misses; the newest hits.
     for system, hit in ((conversations[-1], 1), (conversations[0], 0)):
         before = cached.stats()["prefix_hits"]
-        _answer(cached, _job([Message("system", system), Message("user", QUESTIONS[1])]))
+        answer_alone(cached, _job([Message("system", system), Message("user", QUESTIONS[1])]))
         assert cached.stats()["prefix_hits"] == before + hit
     # Admission asks for room: one lane's bytes free exactly one lane.
     lanes = cached.stats()["cached_lanes"]
@@ -251,7 +240,7 @@ def test_eviction_gives_the_kv_memory_back(tmp_path_factory: pytest.TempPathFact
     worker = _worker(folder, 4)
     for i in range(4):
         system = f"Conversation {i}. {SYSTEM}"  # four conversations, four lanes
-        _answer(worker, _job([Message("system", system), Message("user", "Hi")]))
+        answer_alone(worker, _job([Message("system", system), Message("user", "Hi")]))
     held = worker.stats()["cached_kv_bytes"]
     assert held == 4 * worker.kv_per_token * 32768
     gc.collect()
@@ -268,24 +257,24 @@ def test_guided_requests_neither_take_nor_leave_a_lane(cached: _Worker, plain: _
     follow.append(Message("user", "Answer as JSON."))
     schema = json.dumps({"type": "object", "properties": {"a": {"type": "integer"}}})
     before = cached.stats()
-    guided = _answer(cached, _job(follow, json_schema=schema, max_tokens=24))
+    guided = answer_alone(cached, _job(follow, json_schema=schema, max_tokens=24))
     after = cached.stats()
     # The grammar's state would not rewind with the KV cache: no reuse, nothing counted.
     assert (after["prefix_hits"], after["prefix_misses"]) == (
         before["prefix_hits"],
         before["prefix_misses"],
     )
-    assert after["prompt_tokens_read"] - before["prompt_tokens_read"] == _prompt_len(
+    assert after["prompt_tokens_read"] - before["prompt_tokens_read"] == prompt_len(
         cached, _job(follow)
     )
     assert after["cached_lanes"] == 1  # the conversation's lane is still there, untouched
-    assert guided == _answer(plain, _job(follow, json_schema=schema, max_tokens=24))
+    assert guided == answer_alone(plain, _job(follow, json_schema=schema, max_tokens=24))
     assert guided[0].lstrip().startswith("{")
     # Seeded sampling and min_tokens do not share lanes either; greedy still hits.
     for extra in ({"temperature": 0.8, "seed": 3}, {"min_tokens": 4}):
         hits = cached.stats()["prefix_hits"]
-        _answer(cached, _job(follow, **extra))
+        answer_alone(cached, _job(follow, **extra))
         assert cached.stats()["prefix_hits"] == hits
     hits = cached.stats()["prefix_hits"]
-    assert _answer(cached, _job(follow)) == _answer(plain, _job(follow))
+    assert answer_alone(cached, _job(follow)) == answer_alone(plain, _job(follow))
     assert cached.stats()["prefix_hits"] == hits + 1

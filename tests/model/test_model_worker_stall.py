@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from worker_driver import Run, step_worker
+from worker_driver import Run, prompt_len, step_worker
 
-from edge_agent.engine._types import GenerationRequest, Message, messages_from_job, tools_from_job
+from edge_agent.engine._types import GenerationRequest, Message
 from edge_agent.engine._worker import (
     FIRST_PREFILL_CHUNK,
     MIN_PREFILL_CHUNK,
@@ -49,10 +49,6 @@ def _job(prompt: str, tokens: int = 16) -> dict[str, Any]:
     return request.to_job()
 
 
-def _prompt_len(worker: _Worker, job: dict[str, Any]) -> int:
-    return len(worker.prompts.build(messages_from_job(job), tools_from_job(job), ""))
-
-
 def _read_long(run: Run, rid: int) -> list[int]:
     """Advance until request ``rid``'s prompt is read; the size of every chunk read."""
     lane = run.worker.where[rid]
@@ -79,7 +75,7 @@ def test_alone_a_long_prompt_is_read_at_the_configured_chunk(target: float) -> N
     worker = _worker(target)
     run = Run(worker)
     run.submit(1, _job(LONG))
-    n = _prompt_len(worker, _job(LONG))
+    n = prompt_len(worker, _job(LONG))
     sizes = _read_long(run, 1)
     # Nothing else decodes: no stream to protect, so no chunk is cut whatever the target.
     assert sizes == [CHUNK] * (n // CHUNK) + ([n % CHUNK] if n % CHUNK else [])
@@ -93,7 +89,7 @@ def test_beside_a_decoding_stream_the_chunk_shrinks_and_the_answers_hold() -> No
     run.submit(0, _job(SHORT, tokens=400))
     run.advance()
     run.submit(1, _job(LONG))
-    n = _prompt_len(worker, _job(LONG))
+    n = prompt_len(worker, _job(LONG))
     tokens = run.generated(0)
     sizes = _read_long(run, 1)
     # Nothing timed yet: the first chunk is a small one that measures; then the smallest.
@@ -116,7 +112,7 @@ def test_a_huge_target_cuts_only_the_first_measuring_chunk() -> None:
     run.submit(0, _job(SHORT, tokens=400))
     run.advance()
     run.submit(1, _job(LONG))
-    n = _prompt_len(worker, _job(LONG))
+    n = prompt_len(worker, _job(LONG))
     sizes = _read_long(run, 1)
     # Nothing measured yet: a small first chunk times the prefill; then the budget allows
     # more than the configured chunk, which stays the ceiling.
@@ -133,7 +129,7 @@ def test_the_chunk_grows_back_when_the_stream_ends() -> None:
     run.submit(0, _job(SHORT, tokens=5))
     run.advance()
     run.submit(1, _job(LONG))
-    n = _prompt_len(worker, _job(LONG))
+    n = prompt_len(worker, _job(LONG))
     assert n > FIRST_PREFILL_CHUNK + 10 * MIN_PREFILL_CHUNK + 2 * CHUNK  # it ends well before
     sizes = _read_long(run, 1)
     assert 0 not in worker.where  # the stream finished during the read
@@ -152,7 +148,7 @@ def test_a_middle_target_keeps_every_chunk_within_its_bounds() -> None:
     for _ in range(12):  # decode steps measured before the prompt arrives
         run.advance()
     run.submit(1, _job(LONG))
-    n = _prompt_len(worker, _job(LONG))
+    n = prompt_len(worker, _job(LONG))
     sizes = _read_long(run, 1)
     assert sum(sizes) == n
     assert all(MIN_PREFILL_CHUNK <= s <= CHUNK for s in sizes[:-1])
@@ -171,7 +167,7 @@ def test_off_means_the_fixed_chunk_beside_a_stream() -> None:
     run.submit(0, _job(SHORT, tokens=400))
     run.advance()
     run.submit(1, _job(LONG))
-    n = _prompt_len(worker, _job(LONG))
+    n = prompt_len(worker, _job(LONG))
     assert _read_long(run, 1)[:-1] == [CHUNK] * (math.ceil(n / CHUNK) - 1)
     assert worker.stats()["prefill_shrunk"] == 0
     run.finish()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edge_agent.engine._types import messages_from_job, tools_from_job
 from edge_agent.engine._worker import _EngineLane, _GeneratorLane, _Out, _Worker
 
 
@@ -63,3 +64,16 @@ class Run:
             self.text[rid] = self.text.get(rid, "") + text
         for rid, reason, prompt, completion, error in out.done:
             self.done[rid] = (reason, prompt, completion, error)
+
+
+def prompt_len(worker: _Worker, job: dict[str, Any]) -> int:
+    """The prompt tokens the worker builds for ``job``."""
+    return len(worker.prompts.build(messages_from_job(job), tools_from_job(job), ""))
+
+
+def answer_alone(worker: _Worker, job: dict[str, Any]) -> tuple[str, tuple[str, int, int, Any]]:
+    """``job`` run alone to its end: its text and its done record."""
+    run = Run(worker)
+    run.submit(1, job)
+    run.finish()
+    return run.text.get(1, ""), run.done[1]
