@@ -43,6 +43,7 @@ from typing import Any
 import grpc
 import numpy as np
 import psutil
+from bench_llama_cpp import LlamaCpp
 from bench_local import _free_port, _memory_bandwidth
 from bench_prefill import _long_prompt, _round
 from bench_prefill import _worker as _stall_worker
@@ -205,41 +206,61 @@ def _text_of(raw: Raw, tokens: int, head: str) -> str:
     return " ".join([head, *words[:lo]])
 
 
-def _prefill(raw: Raw, daemon: Daemon, sizes: list[int], rounds: int) -> dict[str, Any]:
+def _prefill(
+    raw: Raw, daemon: Daemon, sizes: list[int], rounds: int, refs: dict[str, LlamaCpp]
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for size in sizes:
-        ratios, raw_tps, daemon_tps, counts = [], [], [], []
+        got_all: dict[str, list[float]] = {side: [] for side in ["raw", "daemon", *refs]}
+        counts = []
         for r in range(rounds):
             # A head of its own each round: no cached lane shares half of it.
             text = _text_of(raw, size, f"Round {r} of size {size}.")
             ids = raw.ids([("user", text)])
-            sides = ["raw", "daemon"] if r % 2 == 0 else ["daemon", "raw"]
-            got: dict[str, float] = {}
+            sides = list(got_all) if r % 2 == 0 else list(reversed(got_all))
             for side in sides:
                 if side == "raw":
-                    got["raw"] = len(ids) / raw.run(ids, 1)[0]
-                else:
+                    got_all["raw"].append(len(ids) / raw.run(ids, 1)[0])
+                elif side == "daemon":
                     seconds, _, prompt = daemon.chat([("user", text)], 1)
                     assert prompt == len(ids), (prompt, len(ids))
-                    got["daemon"] = prompt / seconds
-            raw_tps.append(got["raw"])
-            daemon_tps.append(got["daemon"])
-            ratios.append(got["daemon"] / got["raw"])
+                    got_all["daemon"].append(prompt / seconds)
+                else:
+                    got_all[side].append(len(ids) / refs[side].run(ids, 1)[0])
             counts.append(len(ids))
+        daemon_tps = got_all["daemon"]
         out[f"prefill_{size}"] = {
             "tokens": statistics.median(counts),
-            "raw": raw_tps,
+            "raw": got_all["raw"],
             "daemon": daemon_tps,
-            "ratio": ratios,
+            "ratio": [d / r for d, r in zip(daemon_tps, got_all["raw"], strict=True)],
+            "refs": {
+                name: {
+                    "tps": got_all[name],
+                    "ratio": [d / x for d, x in zip(daemon_tps, got_all[name], strict=True)],
+                }
+                for name in refs
+            },
         }
     return out
 
 
-def _decode(raw: Raw, daemon: Daemon, model_dir: Path, tokens: int, rounds: int) -> dict[str, Any]:
+def _decode(
+    raw: Raw,
+    daemon: Daemon,
+    model_dir: Path,
+    tokens: int,
+    rounds: int,
+    refs: dict[str, LlamaCpp],
+) -> dict[str, Any]:
     raw_tps, daemon_tps = [], []
+    ref_tps: dict[str, list[float]] = {name: [] for name in refs}
     for r in range(rounds):
         question = f"Tell me about harbour number {r}."
-        raw_tps.append(raw.run(raw.ids([("user", question)]), tokens)[1])
+        ids = raw.ids([("user", question)])
+        raw_tps.append(raw.run(ids, tokens)[1])
+        for name, ref in refs.items():
+            ref_tps[name].append(ref.run(ids, tokens)[1])
         # Two answers, 1 and ``tokens`` long, to the same short prompt (short prompts are
         # batched on an Engine lane and never cached): the difference is pure decode.
         one, _, _ = daemon.chat([("user", question)], 1, exact=True)
@@ -262,6 +283,13 @@ def _decode(raw: Raw, daemon: Daemon, model_dir: Path, tokens: int, rounds: int)
         "daemon": daemon_tps,
         "raw_fraction": [t / limit for t in raw_tps],
         "daemon_fraction": [t / limit for t in daemon_tps],
+        "refs": {
+            name: {
+                "tps": values,
+                "ratio": [d / x for d, x in zip(daemon_tps, values, strict=True)],
+            }
+            for name, values in ref_tps.items()
+        },
     }
 
 
@@ -329,6 +357,15 @@ def _reuse(raw: Raw, daemon: Daemon, turn_tokens: int, rounds: int, answer: int)
 # -- report ----------------------------------------------------------------------------------
 
 
+def _gguf_label(path: Path) -> str:
+    """Its quantisation, from llama.cpp's naming (``ms3-2l-Q4_0.gguf``), else the file name."""
+    stem = path.stem
+    for kind in ("Q4_K_M", "Q4_0", "Q8_0", "F16", "BF16"):
+        if stem.upper().endswith(kind):
+            return kind
+    return stem
+
+
 def _cell(values: list[float], fmt: str) -> str:
     return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
 
@@ -390,6 +427,12 @@ def render(model_dir: Path, res: dict[str, Any], rounds: int, quick: bool) -> st
                 f"**{_cell(value['ratio'], '.2f')}** "
                 "| ≥ 1 (daemon ÷ raw) |"
             )
+            for name, ref in value["refs"].items():
+                lines.append(
+                    f"| prefill tok/s, {value['tokens']:.0f}-token prompt, ÷ llama.cpp {name} | "
+                    f"{_cell(ref['tps'], '.1f')} | {_cell(value['daemon'], '.1f')} | "
+                    f"**{_cell(ref['ratio'], '.2f')}** | ≥ 1 (daemon ÷ llama.cpp) |"
+                )
     if "decode" not in res:  # --only stall
         return "\n".join([*lines, *_stall_rows(res["stall"])]) + "\n"
     d = res["decode"]
@@ -399,6 +442,11 @@ def render(model_dir: Path, res: dict[str, Any], rounds: int, quick: bool) -> st
         f"{_cell(d['raw'], '.1f')} tok/s = {_cell(d['raw_fraction'], '.2f')} | "
         f"{_cell(d['daemon'], '.1f')} tok/s | **{_cell(d['daemon_fraction'], '.2f')}** | ≥ 0.85 |"
     )
+    for name, ref in d["refs"].items():
+        lines.append(
+            f"| decode tok/s ÷ llama.cpp {name} | {_cell(ref['tps'], '.1f')} | "
+            f"{_cell(d['daemon'], '.1f')} | **{_cell(ref['ratio'], '.2f')}** | ≥ 1 |"
+        )
     lines += _stall_rows(res["stall"])
     u = res["reuse"]
     lines.append(
@@ -448,6 +496,13 @@ def main() -> int:
     parser.add_argument("--write", type=Path, help="replace this script's section there")
     parser.add_argument("--only", choices=["stall"], help="run only this part (no --write)")
     parser.add_argument(
+        "--gguf",
+        type=Path,
+        action="append",
+        default=[],
+        help="llama.cpp reference on the same weights (repeatable; scripts/bench_llama_cpp.py)",
+    )
+    parser.add_argument(
         "--stall-targets", default="0,1.5", help="engine.prefill_stall_target values side by side"
     )
     args = parser.parse_args()
@@ -465,15 +520,19 @@ def main() -> int:
         return 0
     raw = Raw(model)
     raw.run(raw.ids([("user", "warm up")]), 2)
+    threads = resolve_intra_op_threads(0)
+    refs = {_gguf_label(g): LlamaCpp(g, threads, context) for g in args.gguf}
+    for ref in refs.values():
+        ref.run(raw.ids([("user", "warm up")]), 2)
     with tempfile.TemporaryDirectory() as tmp:
         daemon = Daemon(model, Path(tmp))
         try:
             time.sleep(3)  # the first pressure sample and metrics
             load = daemon.worker_rss()
             daemon.chat([("user", "warm up")], 2)
-            res.update(_prefill(raw, daemon, sizes, rounds))
+            res.update(_prefill(raw, daemon, sizes, rounds, refs))
             print(f"prefill: {res}", file=sys.stderr)
-            res["decode"] = _decode(raw, daemon, model, 64 if args.quick else 128, rounds)
+            res["decode"] = _decode(raw, daemon, model, 64 if args.quick else 128, rounds, refs)
             print(f"decode: {res['decode']}", file=sys.stderr)
             turn = min(400, (context - 200) // 6)
             res["reuse"] = _reuse(raw, daemon, turn, rounds, 8 if args.quick else 16)
@@ -492,7 +551,7 @@ def main() -> int:
             }
         finally:
             daemon.stop()
-    del raw
+    del raw, refs
     res["stall"] = _stall(model, min(2048, context - 128), rounds, targets)
     section = render(args.model, res, rounds, args.quick)
     print(section)

@@ -15,6 +15,9 @@ the format are what it is for. Never commit it.
 Memory: the builder peaks at ~6.2 bytes per parameter (2 layers: 2.45B parameters, ~15 GB),
 plus the checkpoint itself; the command refuses a machine with too little (pick fewer layers).
 ``--dry-run`` writes only config.json and tekken.json and prints the command's plan.
+``--checkpoint-only`` writes the seeded Hugging Face checkpoint to ``--out`` and stops: the same
+seed gives the same weights as the bundle, for other runtimes to convert (BENCHMARKS' llama.cpp
+rows: scripts/bench_real_shape.py ``--gguf``).
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--context", type=int, default=8192, help="tokens per request")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--dry-run", action="store_true", help="print the plan, make nothing")
+    parser.add_argument(
+        "--checkpoint-only", action="store_true", help="write the HF checkpoint to --out, no export"
+    )
     args = parser.parse_args(argv)
     if args.layers < 1:
         parser.error("--layers must be positive")
@@ -48,6 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     name = f"ms3-{args.layers}l-random"
     print(f"{name}: {parameter_count(config):,} parameters, seed {args.seed}")
     started = time.monotonic()
+    if args.checkpoint_only:
+        make_checkpoint(config, args.out, args.seed)
+        print(f"checkpoint in {time.monotonic() - started:.0f} s: {args.out}")
+        return
     with tempfile.TemporaryDirectory(prefix="make-real-shape-") as tmp_s:
         hf_dir = Path(tmp_s) / "hf"
         if args.dry_run:

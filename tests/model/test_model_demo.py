@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import onnxruntime_genai as og
 import pytest
+from script_import import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "models" / "demo"
@@ -63,18 +61,6 @@ def model() -> og.Model:
 @pytest.fixture(scope="module")
 def tokenizer(model: og.Model) -> og.Tokenizer:
     return og.Tokenizer(model)
-
-
-def load_script(name: str) -> ModuleType:
-    """Import scripts/<name>.py as top-level module `name`, as running it would."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def chat_prompt(tokenizer: og.Tokenizer, messages: list[dict[str, str]]) -> str:

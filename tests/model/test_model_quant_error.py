@@ -8,15 +8,13 @@ distribution at its position: the last one equals what prefilling the whole prom
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import onnxruntime_genai as og
 import pytest
+from script_import import load_script
 from tekken_fixture import tekken_model_dir
 
 from edge_agent.bundles._recipe import OPTIONS
@@ -24,22 +22,7 @@ from edge_agent.bundles._recipe import OPTIONS
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _quant_error() -> ModuleType:
-    """Import scripts/quant_error.py as running it would (its folder first on sys.path)."""
-    name = "quant_error"
-    if name in sys.modules:
-        return sys.modules[name]
-    if str(ROOT / "scripts") not in sys.path:
-        sys.path.insert(0, str(ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-qe = _quant_error()
+qe = load_script("quant_error")
 
 
 def test_kl_matches_the_definition_and_is_asymmetric() -> None:

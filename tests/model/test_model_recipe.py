@@ -26,11 +26,11 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import onnxruntime_genai as og
 import pytest
+from script_import import load_script
 from tekken_fixture import FIXTURE, TEKKEN
 
 from edge_agent.bundles._recipe import (
@@ -80,20 +80,6 @@ def _builder_args(command: list[str]) -> argparse.Namespace:
     finally:
         sys.argv = saved
     return args
-
-
-def _script(name: str) -> ModuleType:
-    """Import scripts/<name>.py as running it would (its folder first on sys.path)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    if str(ROOT / "scripts") not in sys.path:
-        sys.path.insert(0, str(ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -276,8 +262,8 @@ def test_real_shape_script_dry_run_runs_the_command(tmp_path: Path) -> None:
 # -- with the build extra -------------------------------------------------------------------
 def _tiny_checkpoint(hf: Path, *, layers: int = 1) -> int:
     """Seeded random weights in the fixture's tiny shape, shipping only tekken.json."""
-    checkpoint = _script("v7_checkpoint")
-    tiny = _script("make_tekken_model").TINY
+    checkpoint = load_script("v7_checkpoint")
+    tiny = load_script("make_tekken_model").TINY
     config = {**checkpoint.real_config(), **tiny, "num_hidden_layers": layers}
     params: int = checkpoint.make_checkpoint(config, hf, seed=7)
     return params
