@@ -6,11 +6,20 @@ for this CPU, e.g. ``CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX51
 this VM). The GGUF: the same seeded checkpoint (``scripts/make_real_shape_model.py
 --checkpoint-only``) converted by llama.cpp's ``convert_hf_to_gguf.py`` and quantised with
 ``python scripts/bench_llama_cpp.py --quantize F16.gguf Q4_0.gguf --type q4_0``.
+
+``--per-layer`` separates what a layer costs from what the LM head and embedding cost, for
+onnxruntime-genai and llama.cpp side by side: the same prompts on an L1- and an L2-layer copy
+of each (``--og DIR DIR --gguf FILE FILE``), rounds alternating; a layer's time is
+(T(L2) − T(L1)) ÷ (L2 − L1), the rest is T(L1) − L1 · layer. That is what a 40-layer model's
+time is made of (40 · layer + rest, an extrapolation), where the 2-layer copy's whole-model
+ratio is dominated by the 131072-wide LM head.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,7 +40,7 @@ class LlamaCpp:
         self.path = gguf
         # Default batch sizes of llama.cpp's own tools (n_batch 2048, n_ubatch 512); logits
         # only for each batch's last position, as llama.cpp's server computes them.
-        self.llm = Llama(
+        self.llm: Any = Llama(
             model_path=str(gguf),
             n_threads=threads,
             n_threads_batch=threads,
@@ -70,14 +79,100 @@ def quantize(source: Path, target: Path, kind: str, threads: int) -> None:
         raise SystemExit(f"llama_model_quantize failed ({code})")
 
 
+def _layers(model_dir: Path) -> int:
+    config = json.loads((model_dir / "genai_config.json").read_text())
+    return int(config["model"]["decoder"]["num_hidden_layers"])
+
+
+def per_layer(
+    og_dirs: list[Path], ggufs: list[Path], sizes: list[int], rounds: int, threads: int
+) -> dict[str, Any]:
+    """Seconds of prefill (per size) and of a decode token, per layer and for the rest, for
+    both runtimes, and their 40-layer extrapolations."""
+    from bench_real_shape import Raw
+
+    layers = [_layers(d) for d in og_dirs]
+    context = max(sizes) + 128
+    sides: dict[str, list[Any]] = {
+        "og": [Raw(d) for d in og_dirs],
+        "llama.cpp": [LlamaCpp(g, threads, context) for g in ggufs],
+    }
+    rng = np.random.default_rng(5)
+    # seconds[side][measure][model index] = samples; measure: "prefill N" or "decode"
+    seconds: dict[str, dict[str, list[list[float]]]] = {
+        side: {m: [[], []] for m in [*(f"prefill {n}" for n in sizes), "decode"]} for side in sides
+    }
+    for r in range(rounds + 1):  # round 0 warms up
+        order = list(sides) if r % 2 else list(reversed(sides))
+        for n in sizes:
+            ids = rng.integers(1000, 131072, n, dtype=np.int32)
+            for side in order:
+                for i, runner in enumerate(sides[side]):
+                    took = runner.run(ids, 1)[0]
+                    if r:
+                        seconds[side][f"prefill {n}"][i].append(took)
+        ids = rng.integers(1000, 131072, 16, dtype=np.int32)
+        for side in order:
+            for i, runner in enumerate(sides[side]):
+                rate = runner.run(ids, 48)[1]
+                if r:
+                    seconds[side]["decode"][i].append(1.0 / rate)
+    out: dict[str, Any] = {"layers": layers, "sizes": sizes, "rounds": rounds, "measures": {}}
+    for measure in seconds["og"]:
+        row: dict[str, Any] = {}
+        for side in sides:
+            t1, t2 = (statistics.median(v) for v in seconds[side][measure])
+            layer = (t2 - t1) / (layers[1] - layers[0])
+            rest = t1 - layers[0] * layer
+            row[side] = {"t": [t1, t2], "layer": layer, "rest": rest, "at40": rest + 40 * layer}
+        out["measures"][measure] = row
+    return out
+
+
+def render_per_layer(res: dict[str, Any]) -> str:
+    l1, l2 = res["layers"]
+    lines = [
+        f"Per layer (the {l1}- and {l2}-layer copies side by side, {res['rounds']} alternating "
+        "rounds, medians; og = onnxruntime-genai raw, the recipe's int4 block 32; llama.cpp "
+        "Q4_0 of the same checkpoint). Seconds; **ratio = llama.cpp ÷ og time** (> 1: og "
+        "faster).",
+        "",
+        f"| measure | og {l2}-layer | llama.cpp {l2}-layer | **{l2}-layer ratio** | og a layer | "
+        "llama.cpp a layer | **a layer's ratio** | og LM head + rest | llama.cpp rest | "
+        "40 layers, extrapolated ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for measure, row in res["measures"].items():
+        og, ll = row["og"], row["llama.cpp"]
+        whole = ll["t"][1] / og["t"][1]
+        lines.append(
+            f"| {measure} | {og['t'][1]:.3f} | {ll['t'][1]:.3f} | **{whole:.2f}** "
+            f"| {og['layer']:.3f} | {ll['layer']:.3f} | **{ll['layer'] / og['layer']:.2f}** | "
+            f"{og['rest']:.3f} | {ll['rest']:.3f} | {ll['at40'] / og['at40']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quantize", nargs=2, type=Path, metavar=("SOURCE", "TARGET"))
     parser.add_argument("--type", choices=sorted(FTYPES), default="q4_0")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--per-layer", action="store_true", help="needs --og and --gguf")
+    parser.add_argument("--og", nargs=2, type=Path, metavar=("L1_DIR", "L2_DIR"))
+    parser.add_argument("--gguf", nargs=2, type=Path, metavar=("L1_GGUF", "L2_GGUF"))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048])
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.per_layer:
+        if not (args.og and args.gguf):
+            parser.error("--per-layer needs --og L1_DIR L2_DIR and --gguf L1_GGUF L2_GGUF")
+        res = per_layer(args.og, args.gguf, args.sizes, args.rounds, args.threads)
+        print(json.dumps(res), file=sys.stderr)
+        print(render_per_layer(res))
+        return 0
     if not args.quantize:
-        parser.error("nothing to do: --quantize SOURCE TARGET")
+        parser.error("nothing to do: --quantize SOURCE TARGET, or --per-layer")
     source, target = args.quantize
     quantize(source, target, args.type, args.threads)
     print(f"{target}: {target.stat().st_size / 1e9:.2f} GB")
