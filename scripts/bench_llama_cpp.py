@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_report import replace_section
 
 # llama_ftype values of llama.h: the quantisations the benchmark compares.
 FTYPES = {"q4_0": 2, "q4_k_m": 15, "q8_0": 7}
@@ -129,9 +131,16 @@ def per_layer(
     return out
 
 
-def render_per_layer(res: dict[str, Any]) -> str:
+HEAD = "## Per layer: onnxruntime-genai and llama.cpp (scripts/bench_llama_cpp.py --per-layer)"
+
+
+def render_per_layer(res: dict[str, Any], command: str) -> str:
     l1, l2 = res["layers"]
     lines = [
+        HEAD,
+        "",
+        f"`{command}`, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores.",
+        "",
         f"Per layer (the {l1}- and {l2}-layer copies side by side, {res['rounds']} alternating "
         "rounds, medians; og = onnxruntime-genai raw, the recipe's int4 block 32; llama.cpp "
         "Q4_0 of the same checkpoint). Seconds; **ratio = llama.cpp ÷ og time** (> 1: og "
@@ -150,6 +159,23 @@ def render_per_layer(res: dict[str, Any]) -> str:
             f"| {og['layer']:.3f} | {ll['layer']:.3f} | **{ll['layer'] / og['layer']:.2f}** | "
             f"{og['rest']:.3f} | {ll['rest']:.3f} | {ll['at40'] / og['at40']:.2f} |"
         )
+    lines += [
+        "",
+        "llama.cpp's rest is below zero because its last layer is cheap: there it runs the "
+        "attention output and the MLP only for the positions it returns logits for (a prompt's "
+        "last), and the LM head only for those; the exported ONNX graph runs every layer and "
+        "the LM head for every position. So llama.cpp's T(L) = (L − 1) · layer + a cheap last "
+        "layer + head and og's T(L) = L · layer + head; in both, T(40) = rest + 40 · layer "
+        "(extrapolated, not measured).",
+        "",
+        "The reference, made here offline: llama-cpp-python 0.3.36 built for this CPU (AVX-512 "
+        "VNNI/VBMI/BF16, AMX off); each copy's seeded checkpoint "
+        "(`scripts/make_real_shape_model.py --layers L --checkpoint-only --out hf-Ll`, the "
+        "same weights `edge-agent bundle build --from-hf hf-Ll --ep cpu --context 4096` "
+        "exports) converted by llama.cpp's `convert_hf_to_gguf.py --outtype bf16` (with the "
+        "bundle's tokenizer.json beside it, tekken.json moved aside) and quantised with "
+        "`python scripts/bench_llama_cpp.py --quantize BF16.gguf Q4_0.gguf --type q4_0`.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -163,13 +189,18 @@ def main() -> int:
     parser.add_argument("--gguf", nargs=2, type=Path, metavar=("L1_GGUF", "L2_GGUF"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--write", action="store_true", help="update docs/BENCHMARKS.md")
     args = parser.parse_args()
     if args.per_layer:
         if not (args.og and args.gguf):
             parser.error("--per-layer needs --og L1_DIR L2_DIR and --gguf L1_GGUF L2_GGUF")
         res = per_layer(args.og, args.gguf, args.sizes, args.rounds, args.threads)
         print(json.dumps(res), file=sys.stderr)
-        print(render_per_layer(res))
+        command = "python scripts/bench_llama_cpp.py " + " ".join(sys.argv[1:])
+        section = render_per_layer(res, command.replace(" --write", ""))
+        print(section)
+        if args.write:
+            replace_section(section)
         return 0
     if not args.quantize:
         parser.error("nothing to do: --quantize SOURCE TARGET, or --per-layer")

@@ -408,12 +408,15 @@ def _stall_rows(s: dict[str, Any]) -> list[str]:
     return rows
 
 
-def render(model_dir: Path, res: dict[str, Any], rounds: int, quick: bool) -> str:
+def render(
+    model_dir: Path, res: dict[str, Any], rounds: int, quick: bool, ggufs: tuple[Path, ...] = ()
+) -> str:
     lines = [
         HEAD,
         "",
         f"`python scripts/bench_real_shape.py --model {model_dir}"
-        f"{' --quick' if quick else ''}`, {time.strftime('%Y-%m-%d')}, {rounds} rounds, "
+        f"{' --quick' if quick else ''}{''.join(f' --gguf {g}' for g in ggufs)}`, "
+        f"{time.strftime('%Y-%m-%d')}, {rounds} rounds, "
         f"{resolve_intra_op_threads(0)} intra-op threads. Medians (range).",
         "",
         "| measure | raw / reference | daemon / measured | **ratio** | goal |",
@@ -553,7 +556,7 @@ def main() -> int:
             daemon.stop()
     del raw, refs
     res["stall"] = _stall(model, min(2048, context - 128), rounds, targets)
-    section = render(args.model, res, rounds, args.quick)
+    section = render(args.model, res, rounds, args.quick, tuple(args.gguf))
     print(section)
     if args.write:
         replace_section(section, args.write)

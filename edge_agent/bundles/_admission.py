@@ -16,16 +16,16 @@ A bundle is admitted when, in this order:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from edge_agent.bundles._format import BundleManifest, check_admissible, load_manifest
 from edge_agent.bundles._signing import VerificationReport, require_verified, verify_bundle
 from edge_agent.bundles._truststore import TrustDocument
 from edge_agent.errors import BundleError, SignatureError
-from edge_agent.pressure import context_from_genai_config
+from edge_agent.pressure import context_from_genai_config, read_genai_config
 
 __all__ = ["BoxRules", "check_bundle", "check_context", "check_release", "check_signatures"]
 
@@ -67,13 +67,11 @@ def check_signatures(
 def check_context(folder: Path, manifest: BundleManifest) -> None:
     """Refuse a bundle whose stated context is not what its engine config will serve."""
     try:
-        raw = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))
+        raw: dict[str, Any] = read_genai_config(folder)
     except FileNotFoundError:
         return  # not a model this agent can load: the trial load says so
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise BundleError("genai_config.json is not readable JSON") from exc
-    if not isinstance(raw, dict):
-        raise BundleError("genai_config.json is not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise BundleError("genai_config.json is not a readable JSON object") from exc
     try:
         served = context_from_genai_config(raw)
     except ValueError as exc:

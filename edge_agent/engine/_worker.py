@@ -44,7 +44,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-import json
 import logging
 import os
 import signal
@@ -68,7 +67,11 @@ from edge_agent.engine._protocol import BlockingChannel
 from edge_agent.engine._providers import ModelLoadError, load_model
 from edge_agent.engine._stops import StopFilter
 from edge_agent.engine._types import messages_from_job, tools_from_job
-from edge_agent.pressure import context_from_genai_config, kv_bytes_per_token_from_genai_config
+from edge_agent.pressure import (
+    context_from_genai_config,
+    kv_bytes_per_token_from_genai_config,
+    read_genai_config,
+)
 
 __all__ = ["worker_main"]
 
@@ -417,7 +420,7 @@ class _Worker:
         self.skipped = loaded.skipped
         self.tokenizer = og.Tokenizer(self.model)
         self.prompts = load_prompt_builder(Path(spec["model_dir"]), self.tokenizer)
-        config = json.loads((Path(spec["model_dir"]) / "genai_config.json").read_text())
+        config: dict[str, Any] = read_genai_config(Path(spec["model_dir"]))
         self.context_length = context_from_genai_config(config)
         self.vocab_size = int(config["model"].get("vocab_size", 0))
         eos = config["model"].get("eos_token_id", [])
