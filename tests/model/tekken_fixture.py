@@ -20,11 +20,12 @@ import mistral_common
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "models" / "tiny-v7-tekken"
 # What made the fixture (scripts/v7_checkpoint.py FIXTURE_SOURCES): the model-making script,
-# the shared checkpoint code and the recipe `bundle build --from-hf` runs.
+# the shared checkpoint code and the recipe `bundle build --from-hf` runs (and its graph edit).
 SOURCES = (
     ROOT / "scripts" / "make_tekken_model.py",
     ROOT / "scripts" / "v7_checkpoint.py",
     ROOT / "edge_agent" / "bundles" / "_recipe.py",
+    ROOT / "edge_agent" / "bundles" / "_last_logits.py",
 )
 TEKKEN = Path(mistral_common.__file__).parent / "data" / "tekken_240911.json"
 

@@ -28,15 +28,19 @@ def test_prefill_and_decode_runs_are_profiled_by_projection(model: Path) -> None
     hidden, vocab = config["decoder"]["hidden_size"], config["vocab_size"]
     groups = prefill.groups
     assert {"MatMulNBits lm_head", "MatMulNBits o", "GroupQueryAttention"} <= set(groups)
-    # The LM head runs once over every prompt position: 2 · tokens · hidden · vocab FLOPs.
-    assert groups["MatMulNBits lm_head"].flops == 2.0 * tokens * hidden * vocab
-    assert groups["MatMulNBits lm_head"].calls == 1
+    # The recipe's graph runs the LM head for the last prompt position only (its edit,
+    # edge_agent/bundles/_last_logits.py): one row, 2 · hidden · vocab FLOPs, where the
+    # layers' matmuls ran on every position.
+    head = groups["MatMulNBits lm_head"]
+    assert (head.calls, head.rows, head.flops) == (1, 1, 2.0 * hidden * vocab)
+    assert groups["MatMulNBits o"].rows == tokens * config["decoder"]["num_hidden_layers"]
     # Two layers: each per-layer projection ran twice; a decode step reads one position.
     assert groups["MatMulNBits o"].calls == config["decoder"]["num_hidden_layers"]
     assert steps[0].groups["MatMulNBits lm_head"].flops == 2.0 * hidden * vocab
     assert 0 < prefill.kernel_ms <= prefill.wall_ms * 1.05
     text = pp.render(model, tokens, prefill, steps[0])
     assert text.startswith(pp.HEAD) and "| MatMulNBits lm_head |" in text
+    assert f"ran on 1 of the {tokens} prompt positions" in text
 
 
 def test_parse_keeps_each_kernel_in_its_own_run() -> None:
