@@ -370,10 +370,11 @@ def _cell(values: list[float], fmt: str) -> str:
     return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
 
 
-def _layers_factor(model_dir: Path) -> tuple[int, float] | None:
-    """(layers, factor) scaling per-token work of this model to 40 layers, when it is the real
-    shape: weights (and so prefill FLOPs and decode bytes) grow by the layers' share, the LM
-    head and embeddings stay."""
+def _layers_factor(model_dir: Path) -> tuple[int, float, float] | None:
+    """(layers, prefill factor, decode factor) scaling per-token work of this model to 40
+    layers, when it is the real shape: the layers' share grows, the LM head and embeddings
+    stay. A prefill runs the LM head once per prompt when the graph has the recipe's
+    last-position edit (then a prompt token's work is its layers'), a decode step always."""
     config = json.loads((model_dir / "genai_config.json").read_text())["model"]
     decoder = config["decoder"]
     real = json.loads(MS3.read_text())
@@ -388,7 +389,33 @@ def _layers_factor(model_dir: Path) -> tuple[int, float] | None:
     layer = hidden * head * (2 * heads + 2 * kv) + 3 * hidden * inter
     lm_head = vocab * hidden
     layers = int(decoder["num_hidden_layers"])
-    return layers, (40 * layer + lm_head) / (layers * layer + lm_head)
+    decode = (40 * layer + lm_head) / (layers * layer + lm_head)
+    graph = (model_dir / decoder["filename"]).read_bytes()
+    prefill = 40 / layers if b"edge_agent.last_position_logits" in graph else decode
+    return layers, prefill, decode
+
+
+def _extrapolation(model_dir: Path, res: dict[str, Any]) -> list[str]:
+    factor = _layers_factor(model_dir)
+    if factor is None:
+        return []
+    layers, fp, fd = factor
+    d, u = res["decode"], res["reuse"]
+    return [
+        "",
+        f"**Extrapolated to 40 layers** (not measured: per-token work × {fp:.1f} in prefill, "
+        f"× {fd:.1f} in decode, the {layers}-layer weights' share scaled, the LM head and "
+        "embeddings kept; the prefill factor counts the LM head once per prompt, as the "
+        "recipe's graph runs it): prefill "
+        + ", ".join(
+            f"{v['tokens']:.0f} tokens ≈ {v['tokens'] / statistics.median(v['daemon']) * fp:.0f} s"
+            for k, v in res.items()
+            if k.startswith("prefill_")
+        )
+        + f" to the first token; decode ≈ {statistics.median(d['daemon']) / fd:.2f} tok/s; "
+        f"turn 5 with reuse ≈ {statistics.median(u['turn5']) * fp:.0f} s vs read whole "
+        f"≈ {statistics.median(u['whole5']) * fp:.0f} s.",
+    ]
 
 
 def _stall_rows(s: dict[str, Any]) -> list[str]:
@@ -471,23 +498,7 @@ def render(
         f"| worker RSS after ÷ (RSS at load + live KV) | load {m['load_mb']:.0f} MiB + KV "
         f"{m['kv_mb']:.0f} MiB | {m['after_mb']:.0f} MiB | **{m['ratio']:.2f}** | ≤ 1.1 |"
     )
-    factor = _layers_factor(model_dir)
-    if factor is not None:
-        layers, f = factor
-        lines += [
-            "",
-            f"**Extrapolated to 40 layers** (not measured: per-token work × {f:.1f}, the "
-            f"{layers}-layer weights' share scaled, LM head and embeddings kept): prefill "
-            + ", ".join(
-                f"{v['tokens']:.0f} tokens ≈ "
-                f"{v['tokens'] / statistics.median(v['daemon']) * f:.0f} s"
-                for k, v in res.items()
-                if k.startswith("prefill_")
-            )
-            + f" to the first token; decode ≈ {statistics.median(d['daemon']) / f:.2f} tok/s; "
-            f"turn 5 with reuse ≈ {statistics.median(u['turn5']) * f:.0f} s vs read whole "
-            f"≈ {statistics.median(u['whole5']) * f:.0f} s.",
-        ]
+    lines += _extrapolation(model_dir, res)
     return "\n".join(lines) + "\n"
 
 
