@@ -1,17 +1,21 @@
-"""Prefill computes the LM head for the last prompt position only: a graph edit at build time.
+"""Prefill runs the last layer's MLP and the LM head for the last prompt position only: a
+graph edit at build time.
 
-The builder's graph runs the LM head (131072 × 5120 for Mistral Small 3) at every prompt
-position, though a prefill uses only the last position's logits: 36 % of a 2-layer copy's
-prefill, ~3 % of the 40-layer model's. The builder's own ``prune_lm_head`` makes ``logits``
-``[batch, 1, vocab]``, which onnxruntime-genai's static Engine cannot take: it binds a
-``[batch, max_new_tokens, vocab]`` output and reads each row at its last scheduled token
-(rows are right-padded with ``pad_token_id``). So this edit keeps that output shape and
-fills it without the work:
+The builder's graph runs the LM head (131072 × 5120 for Mistral Small 3), and the last
+layer's MLP, at every prompt position, though a prefill uses only the last position's logits:
+~80 % of a 2-layer copy's prefill, ~5 % of the 40-layer model's. The builder's own
+``prune_lm_head`` makes ``logits`` ``[batch, 1, vocab]``, which onnxruntime-genai's static
+Engine cannot take: it binds a ``[batch, max_new_tokens, vocab]`` output and reads each row
+at its last scheduled token (rows are right-padded with ``pad_token_id``). So this edit keeps
+that output shape and fills it without the work:
 
     last[b]  = the last position of row b whose input id is not the pad id (0 if none)
-    h_last   = GatherElements(h, last)             # [batch, 1, hidden]
-    head     = LM head(h_last)                     # [batch, 1, vocab]
+    r, a     = GatherElements of the last layer's residual and attention output at last
+    head     = post-attention norm, MLP, final norm, LM head on r, a  # [batch, 1, vocab]
     logits   = Expand(head, [batch, seq, vocab])   # every position holds the row's last
+
+(The KV cache is written by the attention before the gather, for every position. A graph
+without the builder's layout gathers just before the LM head.)
 
 Whoever reads a row at its last real token (the Engine, a Generator, chunked prefill, prefix
 reuse) gets the same logits as before; the other positions are copies of it, not their own
@@ -49,7 +53,6 @@ def prune_to_last_position(graph_path: Path, logits: str, input_ids: str, pad_id
     if not ids:
         raise BundleError(f"{graph_path.name}: no graph input {input_ids!r}")
     id_type = ids[0].type.tensor_type.elem_type
-    hidden = head.input[0]
     p = PREFIX
 
     def const(name: str, values: list[int], dtype: int = TensorProto.INT64) -> str:
@@ -72,23 +75,33 @@ def prune_to_last_position(graph_path: Path, logits: str, input_ids: str, pad_id
         [node("Slice", "seq_1d", [ids_shape, const("one", [1]), const("two", [2])])],
     )
     positions = node("Range", "positions", [scalar("zero", 0), seq, scalar("step", 1)])
-    real = node(
-        "Not", "real", [node("Equal", "is_pad", [input_ids, scalar("pad", pad_id, id_type)])]
-    )
+    pad = scalar("pad", pad_id, id_type)
+    real = node("Not", "real", [node("Equal", "is_pad", [input_ids, pad])])
     candidates = node("Where", "candidates", [real, positions, scalar("minus_one", -1)])
     last = node("ReduceMax", "last", [candidates, const("axis_1", [1])], keepdims=1)
     last = node("Max", "last_or_0", [last, scalar("zero_max", 0)])
-    index = node("Unsqueeze", "index_3d", [last, const("axis_2", [2])])
-    h_shape = node("Shape", "hidden_shape", [hidden])
-    batch = node("Slice", "batch_1d", [h_shape, const("zero_1d", [0]), const("one_end", [1])])
-    width = node("Slice", "hidden_1d", [h_shape, const("two_start", [2]), const("three", [3])])
-    gather_shape = node("Concat", "gather_shape", [batch, const("one_len", [1]), width], axis=0)
-    index = node("Expand", "index", [index, gather_shape])
-    picked = node("GatherElements", "hidden_last", [hidden, index], axis=1)
+    index_3d = node("Unsqueeze", "index_3d", [last, const("axis_2", [2])])
+    # Where the positions part: before the last layer's post-attention norm when the graph
+    # has the builder's layout (its MLP then runs on one position a row, as the LM head),
+    # else just before the LM head.
+    post = _last_post_attention_norm(graph, head)
+    target = post if post is not None else head
+    slots = (0, 1) if post is not None else (0,)
+    for slot in slots:
+        data = target.input[slot]
+        shape = node("Shape", f"shape_{slot}", [data])
+        batch = node(
+            "Slice", f"batch_{slot}", [shape, const(f"b0_{slot}", [0]), const(f"b1_{slot}", [1])]
+        )
+        width = node(
+            "Slice", f"width_{slot}", [shape, const(f"w0_{slot}", [2]), const(f"w1_{slot}", [3])]
+        )
+        rows = node("Concat", f"rows_{slot}", [batch, const(f"one_{slot}", [1]), width], axis=0)
+        index = node("Expand", f"index_{slot}", [index_3d, rows])
+        target.input[slot] = node("GatherElements", f"gather_{slot}", [data, index], axis=1)
     head_out = p + "logits_last"
-    head.input[0] = picked
     head.output[list(head.output).index(logits)] = head_out
-    at = list(graph.node).index(head)
+    at = list(graph.node).index(target)
     for offset, new in enumerate(nodes):
         graph.node.insert(at + offset, new)
     vocab = helper.make_node(
@@ -127,12 +140,17 @@ def restore_all_positions(graph_path: Path) -> bool:
     if not any(p.key == MARKER for p in model.metadata_props):
         return False
     graph = model.graph
-    out = next(n for n in graph.node if n.name == PREFIX + "out")
-    head = next(n for n in graph.node if PREFIX + "logits_last" in n.output)
-    hidden = next(n for n in graph.node if n.name == PREFIX + "hidden_last").input[0]
-    head.input[0] = hidden
-    head.output[list(head.output).index(PREFIX + "logits_last")] = out.output[0]
+    added = [n for n in graph.node if n.name.startswith(PREFIX)]
+    # Each gather's output goes back to its data input; the LM head writes the output again.
+    back = {n.output[0]: n.input[0] for n in added if n.op_type == "GatherElements"}
+    out = next(n for n in added if n.name == PREFIX + "out")
+    back[PREFIX + "logits_last"] = out.output[0]
     kept = [n for n in graph.node if not n.name.startswith(PREFIX)]
+    for n in kept:
+        for i, name in enumerate(n.input):
+            n.input[i] = back.get(name, name)
+        for i, name in enumerate(n.output):
+            n.output[i] = back.get(name, name)
     del graph.node[:]
     graph.node.extend(kept)
     inits = [t for t in graph.initializer if not t.name.startswith(PREFIX)]
@@ -143,3 +161,24 @@ def restore_all_positions(graph_path: Path) -> bool:
     onnx.helper.set_model_props(model, props)
     onnx.save(model, str(graph_path))
     return True
+
+
+def _last_post_attention_norm(graph: Any, head: Any) -> Any:
+    """The last layer's post-attention SkipSimplifiedLayerNormalization when its output
+    reaches the LM head only through that layer's MLP and the final norm (the builder's
+    layout), else None."""
+    nodes = list(graph.node)
+    norms = [
+        n
+        for n in nodes[: nodes.index(head)]
+        if n.op_type == "SkipSimplifiedLayerNormalization" and "post_attention" in n.name
+    ]
+    if not norms or len(norms[-1].input) < 2:
+        return None
+    post = norms[-1]
+    # Nothing after it may read the tensors it takes, other than itself: they keep every
+    # position, what follows it will not.
+    after = nodes[nodes.index(post) + 1 :]
+    if any(set(post.input[:2]) & set(n.input) for n in after):
+        return None
+    return post

@@ -28,12 +28,15 @@ def test_prefill_and_decode_runs_are_profiled_by_projection(model: Path) -> None
     hidden, vocab = config["decoder"]["hidden_size"], config["vocab_size"]
     groups = prefill.groups
     assert {"MatMulNBits lm_head", "MatMulNBits o", "GroupQueryAttention"} <= set(groups)
-    # The recipe's graph runs the LM head for the last prompt position only (its edit,
-    # edge_agent/bundles/_last_logits.py): one row, 2 · hidden · vocab FLOPs, where the
-    # layers' matmuls ran on every position.
+    # The recipe's graph runs the last layer's MLP and the LM head for the last prompt
+    # position only (its edit, edge_agent/bundles/_last_logits.py): the LM head one row,
+    # 2 · hidden · vocab FLOPs; the MLP every position in the other layers and one in the
+    # last; the attention's projections every position in every layer.
+    layers = config["decoder"]["num_hidden_layers"]
     head = groups["MatMulNBits lm_head"]
     assert (head.calls, head.rows, head.flops) == (1, 1, 2.0 * hidden * vocab)
-    assert groups["MatMulNBits o"].rows == tokens * config["decoder"]["num_hidden_layers"]
+    assert groups["MatMulNBits o"].rows == tokens * layers
+    assert groups["MatMulNBits down"].rows == tokens * (layers - 1) + 1
     # Two layers: each per-layer projection ran twice; a decode step reads one position.
     assert groups["MatMulNBits o"].calls == config["decoder"]["num_hidden_layers"]
     assert steps[0].groups["MatMulNBits lm_head"].flops == 2.0 * hidden * vocab
