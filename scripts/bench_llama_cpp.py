@@ -161,11 +161,12 @@ def render_per_layer(res: dict[str, Any], command: str) -> str:
         )
     lines += [
         "",
-        "llama.cpp's rest is below zero because its last layer is cheap: there it runs the "
-        "attention output and the MLP only for the positions it returns logits for (a prompt's "
-        "last), and the LM head only for those; the exported ONNX graph runs every layer and "
-        "the LM head for every position. So llama.cpp's T(L) = (L − 1) · layer + a cheap last "
-        "layer + head and og's T(L) = L · layer + head; in both, T(40) = rest + 40 · layer "
+        "A rest below zero means a cheap last layer: there llama.cpp runs the attention "
+        "output and the MLP only for the positions it returns logits for (a prompt's last), "
+        "and the LM head only for those; so does the recipe's graph (edge_agent/bundles/"
+        "_last_logits.py; the builder's plain graph runs every layer and the LM head for every "
+        "position). With T(L) = (L − 1) · layer + that last layer + head, or L · layer + head "
+        "for a plain graph, T(40) = rest + 40 · layer either way "
         "(extrapolated, not measured).",
         "",
         "The reference, made here offline: llama-cpp-python 0.3.36 built for this CPU (AVX-512 "

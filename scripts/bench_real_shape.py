@@ -373,8 +373,8 @@ def _cell(values: list[float], fmt: str) -> str:
 def _layers_factor(model_dir: Path) -> tuple[int, float, float] | None:
     """(layers, prefill factor, decode factor) scaling per-token work of this model to 40
     layers, when it is the real shape: the layers' share grows, the LM head and embeddings
-    stay. A prefill runs the LM head once per prompt when the graph has the recipe's
-    last-position edit (then a prompt token's work is its layers'), a decode step always."""
+    stay. With the recipe's last-position edit a prefill runs the LM head (and the last
+    layer's MLP) once per prompt row; a decode step runs everything."""
     config = json.loads((model_dir / "genai_config.json").read_text())["model"]
     decoder = config["decoder"]
     real = json.loads(MS3.read_text())
@@ -391,7 +391,15 @@ def _layers_factor(model_dir: Path) -> tuple[int, float, float] | None:
     layers = int(decoder["num_hidden_layers"])
     decode = (40 * layer + lm_head) / (layers * layer + lm_head)
     graph = (model_dir / decoder["filename"]).read_bytes()
-    prefill = 40 / layers if b"edge_agent.last_position_logits" in graph else decode
+    if b"/edge_agent/last_position/gather_1" in graph:
+        # The last layer's MLP (and o_proj's norm) run on one position: a prompt token costs
+        # the other layers whole and the last one's attention part.
+        attention = hidden * head * (2 * heads + 2 * kv) / layer
+        prefill = (39 + attention) / (layers - 1 + attention)
+    elif b"edge_agent.last_position_logits" in graph:
+        prefill = 40 / layers  # the LM head once per prompt
+    else:
+        prefill = decode
     return layers, prefill, decode
 
 
@@ -405,8 +413,8 @@ def _extrapolation(model_dir: Path, res: dict[str, Any]) -> list[str]:
         "",
         f"**Extrapolated to 40 layers** (not measured: per-token work × {fp:.1f} in prefill, "
         f"× {fd:.1f} in decode, the {layers}-layer weights' share scaled, the LM head and "
-        "embeddings kept; the prefill factor counts the LM head once per prompt, as the "
-        "recipe's graph runs it): prefill "
+        "embeddings kept; the prefill factor counts what the recipe's graph runs once per "
+        "prompt, the LM head and the last layer's MLP, only once): prefill "
         + ", ".join(
             f"{v['tokens']:.0f} tokens ≈ {v['tokens'] / statistics.median(v['daemon']) * fp:.0f} s"
             for k, v in res.items()
