@@ -12,7 +12,7 @@ that output shape and fills it without the work:
     last[b]  = the last position of row b whose input id is not the pad id (0 if none)
     r, a     = GatherElements of the last layer's residual and attention output at last
     head     = post-attention norm, MLP, final norm, LM head on r, a  # [batch, 1, vocab]
-    logits   = Expand(head, [batch, seq, vocab])   # every position holds the row's last
+    logits   = zeros[batch, seq, 1] + head          # every position holds the row's last
 
 (The KV cache is written by the attention before the gather, for every position. A graph
 without the builder's layout gathers just before the LM head.)
@@ -20,9 +20,9 @@ without the builder's layout gathers just before the LM head.)
 Whoever reads a row at its last real token (the Engine, a Generator, chunked prefill, prefix
 reuse) gets the same logits as before; the other positions are copies of it, not their own
 (nothing in the daemon reads them; speculative decoding or per-position scoring would need
-the plain graph). The ``Expand`` is a copy, ~5 ms for a 128-token chunk, against the LM
-head's ~0.3 s on this shape. Only the graph file changes; the weights stay in their external
-data file. Needs the ``onnx`` package (the build extra), imported when called.
+the plain graph). The broadcast is a copy of the row into every position (its output pages
+are written once, as the LM head's were). Only the graph file changes; the weights stay in
+their external data file. Needs the ``onnx`` package (the build extra), imported when called.
 """
 
 from __future__ import annotations
@@ -104,24 +104,29 @@ def prune_to_last_position(graph_path: Path, logits: str, input_ids: str, pad_id
     at = list(graph.node).index(target)
     for offset, new in enumerate(nodes):
         graph.node.insert(at + offset, new)
-    vocab = helper.make_node(
-        "Slice",
-        [p + "head_shape", const("two_v", [2]), const("three_v", [3])],
-        [p + "vocab_1d"],
-        name=p + "vocab_1d",
-    )
+    # [batch, seq, vocab] by a broadcast Add onto zeros [batch, seq, 1]: onnxruntime's CPU
+    # Add broadcasts a row at copy speed; its Expand took 1.6x as long alone and a third of
+    # a 2-layer copy's prefill in place (scripts/profile_prefill.py).
+    outputs = [o for o in graph.output if o.name == logits]
+    dtype = outputs[0].type.tensor_type.elem_type if outputs else TensorProto.FLOAT
+    zero = helper.make_tensor(p + "zero_value", dtype, [1], [0])
     graph.node.extend(
         [
-            helper.make_node("Shape", [head_out], [p + "head_shape"], name=p + "head_shape"),
-            vocab,
             helper.make_node(
                 "Concat",
-                [ids_shape, p + "vocab_1d"],
-                [p + "logits_shape"],
+                [ids_shape, const("one_v", [1])],
+                [p + "zeros_shape"],
                 axis=0,
-                name=p + "logits_shape",
+                name=p + "zeros_shape",
             ),
-            helper.make_node("Expand", [head_out, p + "logits_shape"], [logits], name=p + "out"),
+            helper.make_node(
+                "ConstantOfShape",
+                [p + "zeros_shape"],
+                [p + "zeros"],
+                value=zero,
+                name=p + "zeros",
+            ),
+            helper.make_node("Add", [p + "zeros", head_out], [logits], name=p + "out"),
         ]
     )
     onnx.helper.set_model_props(
