@@ -70,6 +70,20 @@ def _alone(job: dict[str, Any]) -> str:
     return run.text[1]
 
 
+def _long_beside_a_stream(
+    target: float, stream_tokens: int = 400, steps: int = 1
+) -> tuple[_Worker, Run, int]:
+    """A worker at ``target`` decoding a short prompt's stream (``steps`` steps in) when the
+    long prompt arrives; with the long prompt's length."""
+    worker = _worker(target)
+    run = Run(worker)
+    run.submit(0, _job(SHORT, tokens=stream_tokens))
+    for _ in range(steps):
+        run.advance()
+    run.submit(1, _job(LONG))
+    return worker, run, prompt_len(worker, _job(LONG))
+
+
 @pytest.mark.parametrize("target", [TINY, 1.5])
 def test_alone_a_long_prompt_is_read_at_the_configured_chunk(target: float) -> None:
     worker = _worker(target)
@@ -84,12 +98,7 @@ def test_alone_a_long_prompt_is_read_at_the_configured_chunk(target: float) -> N
 
 
 def test_beside_a_decoding_stream_the_chunk_shrinks_and_the_answers_hold() -> None:
-    worker = _worker(TINY)
-    run = Run(worker)
-    run.submit(0, _job(SHORT, tokens=400))
-    run.advance()
-    run.submit(1, _job(LONG))
-    n = prompt_len(worker, _job(LONG))
+    worker, run, n = _long_beside_a_stream(TINY)
     tokens = run.generated(0)
     sizes = _read_long(run, 1)
     # Nothing timed yet: the first chunk is a small one that measures; then the smallest.
@@ -107,12 +116,7 @@ def test_beside_a_decoding_stream_the_chunk_shrinks_and_the_answers_hold() -> No
 
 
 def test_a_huge_target_cuts_only_the_first_measuring_chunk() -> None:
-    worker = _worker(HUGE)
-    run = Run(worker)
-    run.submit(0, _job(SHORT, tokens=400))
-    run.advance()
-    run.submit(1, _job(LONG))
-    n = prompt_len(worker, _job(LONG))
+    worker, run, n = _long_beside_a_stream(HUGE)
     sizes = _read_long(run, 1)
     # Nothing measured yet: a small first chunk times the prefill; then the budget allows
     # more than the configured chunk, which stays the ceiling.
@@ -124,12 +128,7 @@ def test_a_huge_target_cuts_only_the_first_measuring_chunk() -> None:
 
 
 def test_the_chunk_grows_back_when_the_stream_ends() -> None:
-    worker = _worker(TINY)
-    run = Run(worker)
-    run.submit(0, _job(SHORT, tokens=5))
-    run.advance()
-    run.submit(1, _job(LONG))
-    n = prompt_len(worker, _job(LONG))
+    worker, run, n = _long_beside_a_stream(TINY, stream_tokens=5)
     assert n > FIRST_PREFILL_CHUNK + 10 * MIN_PREFILL_CHUNK + 2 * CHUNK  # it ends well before
     sizes = _read_long(run, 1)
     assert 0 not in worker.where  # the stream finished during the read
@@ -142,13 +141,8 @@ def test_the_chunk_grows_back_when_the_stream_ends() -> None:
 
 
 def test_a_middle_target_keeps_every_chunk_within_its_bounds() -> None:
-    worker = _worker(1.5)
-    run = Run(worker)
-    run.submit(0, _job(SHORT, tokens=400))
-    for _ in range(12):  # decode steps measured before the prompt arrives
-        run.advance()
-    run.submit(1, _job(LONG))
-    n = prompt_len(worker, _job(LONG))
+    # Twelve decode steps measured before the prompt arrives.
+    worker, run, n = _long_beside_a_stream(1.5, steps=12)
     sizes = _read_long(run, 1)
     assert sum(sizes) == n
     assert all(MIN_PREFILL_CHUNK <= s <= CHUNK for s in sizes[:-1])
@@ -162,12 +156,7 @@ def test_a_middle_target_keeps_every_chunk_within_its_bounds() -> None:
 
 
 def test_off_means_the_fixed_chunk_beside_a_stream() -> None:
-    worker = _worker(0.0)
-    run = Run(worker)
-    run.submit(0, _job(SHORT, tokens=400))
-    run.advance()
-    run.submit(1, _job(LONG))
-    n = prompt_len(worker, _job(LONG))
+    worker, run, n = _long_beside_a_stream(0.0)
     assert _read_long(run, 1)[:-1] == [CHUNK] * (math.ceil(n / CHUNK) - 1)
     assert worker.stats()["prefill_shrunk"] == 0
     run.finish()
