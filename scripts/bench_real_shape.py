@@ -52,6 +52,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
 from edge_agent._proto.edge_agent.v1 import inference_pb2_grpc as pb_grpc
+from edge_agent.bundles._last_logits import MARKER, PREFIX
 from edge_agent.engine._cpus import resolve_intra_op_threads
 from edge_agent.engine._prompt import load_prompt_builder
 from edge_agent.engine._providers import session_overlay
@@ -391,12 +392,12 @@ def _layers_factor(model_dir: Path) -> tuple[int, float, float] | None:
     layers = int(decoder["num_hidden_layers"])
     decode = (40 * layer + lm_head) / (layers * layer + lm_head)
     graph = (model_dir / decoder["filename"]).read_bytes()
-    if b"/edge_agent/last_position/gather_1" in graph:
+    if f"{PREFIX}gather_1".encode() in graph:
         # The last layer's MLP (and o_proj's norm) run on one position: a prompt token costs
         # the other layers whole and the last one's attention part.
         attention = hidden * head * (2 * heads + 2 * kv) / layer
         prefill = (39 + attention) / (layers - 1 + attention)
-    elif b"edge_agent.last_position_logits" in graph:
+    elif MARKER.encode() in graph:
         prefill = 40 / layers  # the LM head once per prompt
     else:
         prefill = decode

@@ -41,8 +41,8 @@ def prune_to_last_position(graph_path: Path, logits: str, input_ids: str, pad_id
     import onnx
     from onnx import TensorProto, helper
 
-    model = onnx.load(str(graph_path), load_external_data=False)
-    if any(p.key == MARKER for p in model.metadata_props):
+    model, edited = _load(graph_path)
+    if edited:
         return False
     graph = model.graph
     heads = [n for n in graph.node if logits in n.output]
@@ -55,13 +55,17 @@ def prune_to_last_position(graph_path: Path, logits: str, input_ids: str, pad_id
     id_type = ids[0].type.tensor_type.elem_type
     p = PREFIX
 
-    def const(name: str, values: list[int], dtype: int = TensorProto.INT64) -> str:
-        graph.initializer.append(helper.make_tensor(p + name, dtype, [len(values)], values))
-        return p + name
+    made: set[str] = set()
 
-    def scalar(name: str, value: int, dtype: int = TensorProto.INT64) -> str:
-        graph.initializer.append(helper.make_tensor(p + name, dtype, [], [value]))
-        return p + name
+    def const(value: int | list[int], dtype: int = TensorProto.INT64) -> str:
+        """An initializer: a scalar for an int, a vector for a list; one per value."""
+        values = value if isinstance(value, list) else [value]
+        dims = [len(values)] if isinstance(value, list) else []
+        name = f"{p}c{dtype}_{'_'.join(map(str, values))}{'v' if dims else ''}"
+        if name not in made:
+            made.add(name)
+            graph.initializer.append(helper.make_tensor(name, dtype, dims, values))
+        return name
 
     def node(op: str, name: str, inputs: list[str], **attrs: Any) -> str:
         nodes.append(helper.make_node(op, inputs, [p + name], name=p + name, **attrs))
@@ -72,15 +76,15 @@ def prune_to_last_position(graph_path: Path, logits: str, input_ids: str, pad_id
     seq = node(
         "Squeeze",
         "seq",
-        [node("Slice", "seq_1d", [ids_shape, const("one", [1]), const("two", [2])])],
+        [node("Slice", "seq_1d", [ids_shape, const([1]), const([2])])],
     )
-    positions = node("Range", "positions", [scalar("zero", 0), seq, scalar("step", 1)])
-    pad = scalar("pad", pad_id, id_type)
+    positions = node("Range", "positions", [const(0), seq, const(1)])
+    pad = const(pad_id, id_type)
     real = node("Not", "real", [node("Equal", "is_pad", [input_ids, pad])])
-    candidates = node("Where", "candidates", [real, positions, scalar("minus_one", -1)])
-    last = node("ReduceMax", "last", [candidates, const("axis_1", [1])], keepdims=1)
-    last = node("Max", "last_or_0", [last, scalar("zero_max", 0)])
-    index_3d = node("Unsqueeze", "index_3d", [last, const("axis_2", [2])])
+    candidates = node("Where", "candidates", [real, positions, const(-1)])
+    last = node("ReduceMax", "last", [candidates, const([1])], keepdims=1)
+    last = node("Max", "last_or_0", [last, const(0)])
+    index_3d = node("Unsqueeze", "index_3d", [last, const([2])])
     # Where the positions part: before the last layer's post-attention norm when the graph
     # has the builder's layout (its MLP then runs on one position a row, as the LM head),
     # else just before the LM head.
@@ -90,13 +94,9 @@ def prune_to_last_position(graph_path: Path, logits: str, input_ids: str, pad_id
     for slot in slots:
         data = target.input[slot]
         shape = node("Shape", f"shape_{slot}", [data])
-        batch = node(
-            "Slice", f"batch_{slot}", [shape, const(f"b0_{slot}", [0]), const(f"b1_{slot}", [1])]
-        )
-        width = node(
-            "Slice", f"width_{slot}", [shape, const(f"w0_{slot}", [2]), const(f"w1_{slot}", [3])]
-        )
-        rows = node("Concat", f"rows_{slot}", [batch, const(f"one_{slot}", [1]), width], axis=0)
+        batch = node("Slice", f"batch_{slot}", [shape, const([0]), const([1])])
+        width = node("Slice", f"width_{slot}", [shape, const([2]), const([3])])
+        rows = node("Concat", f"rows_{slot}", [batch, const([1]), width], axis=0)
         index = node("Expand", f"index_{slot}", [index_3d, rows])
         target.input[slot] = node("GatherElements", f"gather_{slot}", [data, index], axis=1)
     head_out = p + "logits_last"
@@ -114,7 +114,7 @@ def prune_to_last_position(graph_path: Path, logits: str, input_ids: str, pad_id
         [
             helper.make_node(
                 "Concat",
-                [ids_shape, const("one_v", [1])],
+                [ids_shape, const([1])],
                 [p + "zeros_shape"],
                 axis=0,
                 name=p + "zeros_shape",
@@ -141,8 +141,8 @@ def restore_all_positions(graph_path: Path) -> bool:
     when the graph was not edited."""
     import onnx
 
-    model = onnx.load(str(graph_path), load_external_data=False)
-    if not any(p.key == MARKER for p in model.metadata_props):
+    model, edited = _load(graph_path)
+    if not edited:
         return False
     graph = model.graph
     added = [n for n in graph.node if n.name.startswith(PREFIX)]
@@ -166,6 +166,14 @@ def restore_all_positions(graph_path: Path) -> bool:
     onnx.helper.set_model_props(model, props)
     onnx.save(model, str(graph_path))
     return True
+
+
+def _load(graph_path: Path) -> tuple[Any, bool]:
+    """The graph without its weights, and whether it carries the edit."""
+    import onnx
+
+    model = onnx.load(str(graph_path), load_external_data=False)
+    return model, any(p.key == MARKER for p in model.metadata_props)
 
 
 def _last_post_attention_norm(graph: Any, head: Any) -> Any:
