@@ -110,6 +110,9 @@ class EngineConfig:
     prefix_cache_lanes: int = 2
     # onnxruntime's CPU memory arena: off, a burst's activations go back to the system.
     cpu_memory_arena: bool = False
+    # glibc's malloc in the worker asks for transparent huge pages (edge_agent/_malloc.py):
+    # without the arena, a step's fresh activations otherwise fault in 4 KiB at a time.
+    huge_page_malloc: bool = True
     load_timeout_s: float = 900.0
     restart_backoff_s: float = 0.5
     restart_backoff_max_s: float = 30.0
@@ -266,6 +269,7 @@ def _parse_engine(r: TableReader, base: Path) -> EngineConfig:
             "prefix_cache_lanes", d.prefix_cache_lanes, min_value=0, max_value=64
         ),
         cpu_memory_arena=r.boolean("cpu_memory_arena", d.cpu_memory_arena),
+        huge_page_malloc=r.boolean("huge_page_malloc", d.huge_page_malloc),
         load_timeout_s=r.number("load_timeout_s", d.load_timeout_s, min_value=1),
         restart_backoff_s=backoff,
         restart_backoff_max_s=r.number(

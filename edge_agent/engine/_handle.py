@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from edge_agent._malloc import huge_page_malloc
 from edge_agent._offline import offline_environment
 from edge_agent.engine._protocol import FrameReader, ProtocolError, frame
 from edge_agent.engine._types import EngineInfo
@@ -56,12 +57,15 @@ class WorkerHandle:
         # A fresh interpreter (not fork: the daemon has threads and an event loop; not
         # multiprocessing's spawn: it would re-import the caller's __main__).
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = offline_environment()
+        if spec.get("huge_page_malloc", True):
+            env = huge_page_malloc(env)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "edge_agent.engine._worker", str(theirs.fileno())],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
-            # Set before the interpreter starts, so before onnxruntime can load.
-            env=offline_environment(),
+            # Set before the interpreter starts, so before onnxruntime (or malloc) can load.
+            env=env,
         )
         theirs.close()
         ours.setblocking(False)

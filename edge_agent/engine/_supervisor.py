@@ -224,6 +224,7 @@ class EngineSupervisor:
             "prefill_stall_target": c.prefill_stall_target,
             "prefix_cache_lanes": c.prefix_cache_lanes,
             "cpu_memory_arena": c.cpu_memory_arena,
+            "huge_page_malloc": c.huge_page_malloc,
         }
 
     async def _launch(self, model_dir: Path) -> WorkerHandle:

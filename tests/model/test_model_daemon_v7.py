@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import platform
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -190,3 +191,26 @@ def test_tools_over_grpc_reach_the_model_as_the_reference_encodes_them(
         .encode_chat_completion(ChatCompletionRequest(messages=[refs[-1]]))
         .tokens
     )
+
+
+@pytest.mark.skipif(
+    platform.libc_ver()[0] != "glibc"
+    or tuple(int(p) for p in platform.libc_ver()[1].split(".")[:2]) < (2, 35),
+    reason="glibc.malloc.hugetlb is glibc 2.35+",
+)
+def test_the_worker_mallocs_on_transparent_huge_pages(daemon: RunningAgent) -> None:
+    """engine.huge_page_malloc (on by default) reaches the worker's glibc: its heap is madvised
+    for huge pages ("hg"), so a step's activations do not fault in 4 KiB at a time."""
+    info = daemon.agent.engine.info
+    assert info is not None
+    environ = Path(f"/proc/{info.pid}/environ").read_bytes().split(b"\0")
+    assert b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in environ
+    heap_flags: list[str] = []
+    name = ""
+    for line in Path(f"/proc/{info.pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if "-" in head[0] and ":" not in head[0]:
+            name = head[-1] if len(head) > 5 else ""
+        elif head[0] == "VmFlags:" and name == "[heap]":
+            heap_flags.extend(head[1:])
+    assert "hg" in heap_flags

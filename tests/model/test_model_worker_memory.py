@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import gc
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from tekken_fixture import tekken_model_dir
 from worker_driver import Run, step_worker
 
-from edge_agent._malloc import release_free_heap
+from edge_agent._malloc import huge_page_malloc, release_free_heap
 from edge_agent.engine._types import GenerationRequest, Message
 from edge_agent.engine._worker import _EngineLane
 
@@ -69,6 +72,33 @@ def test_a_burst_of_batched_prefills_gives_its_memory_back(model: Path) -> None:
     worker.rest()  # what the worker's loop does when it has nothing left to do
     # ...idle, it gives it back: less than one sequence's KV cache is left of the bursts.
     assert _status("VmRSS") - at_load < kv_per_sequence
+
+
+@pytest.mark.skipif(
+    "glibc.malloc.hugetlb" in os.environ.get("GLIBC_TUNABLES", ""),
+    reason="this process already runs as the daemon's worker does",
+)
+def test_the_burst_gives_its_memory_back_on_huge_pages_too() -> None:
+    """The daemon's worker mallocs on transparent huge pages (engine.huge_page_malloc): the
+    same burst and rest, in a child started as the worker is."""
+    here = Path(__file__)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"{here}::test_a_burst_of_batched_prefills_gives_its_memory_back",
+        ],
+        cwd=here.parent.parent.parent,
+        env=huge_page_malloc(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-3000:]
 
 
 def test_an_idle_worker_keeps_one_warm_single_sequence_lane(model: Path) -> None:
