@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 from bench_report import replace_section
 
+from edge_agent._malloc import huge_page_malloc
+
 # llama_ftype values of llama.h: the quantisations the benchmark compares.
 FTYPES = {"q4_0": 2, "q4_k_m": 15, "q8_0": 7}
 
@@ -91,12 +93,13 @@ def per_layer(
 ) -> dict[str, Any]:
     """Seconds of prefill (per size) and of a decode token, per layer and for the rest, for
     both runtimes, and their 40-layer extrapolations."""
-    from bench_real_shape import Raw
+    from bench_real_shape import Raw, WorkerWay
 
     layers = [_layers(d) for d in og_dirs]
     context = max(sizes) + 128
     sides: dict[str, list[Any]] = {
         "og": [Raw(d) for d in og_dirs],
+        "og worker": [WorkerWay(d) for d in og_dirs],
         "llama.cpp": [LlamaCpp(g, threads, context) for g in ggufs],
     }
     rng = np.random.default_rng(5)
@@ -120,7 +123,7 @@ def per_layer(
                 if r:
                     seconds[side]["decode"][i].append(1.0 / rate)
     out: dict[str, Any] = {"layers": layers, "sizes": sizes, "rounds": rounds, "measures": {}}
-    for measure in seconds["og"]:
+    for measure in seconds["llama.cpp"]:
         row: dict[str, Any] = {}
         for side in sides:
             t1, t2 = (statistics.median(v) for v in seconds[side][measure])
@@ -132,6 +135,10 @@ def per_layer(
 
 
 HEAD = "## Per layer: onnxruntime-genai and llama.cpp (scripts/bench_llama_cpp.py --per-layer)"
+OG_SIDES = {
+    "og": "og raw",
+    "og worker": "og as the worker runs it",
+}
 
 
 def render_per_layer(res: dict[str, Any], command: str) -> str:
@@ -142,9 +149,16 @@ def render_per_layer(res: dict[str, Any], command: str) -> str:
         f"`{command}`, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores.",
         "",
         f"Per layer (the {l1}- and {l2}-layer copies side by side, {res['rounds']} alternating "
-        "rounds, medians; og = onnxruntime-genai raw, the recipe's int4 block 32; llama.cpp "
-        "Q4_0 of the same checkpoint). Seconds; **ratio = llama.cpp ÷ og time** (> 1: og "
-        "faster).",
+        "rounds, medians; the recipe's int4 block 32 on onnxruntime-genai, two ways: *raw*, an "
+        "og.Engine with og's session defaults reading the prompt in one step, and *as the "
+        "worker runs it*, its session settings (arena off) and a Generator reading 128-token "
+        "chunks; llama.cpp Q4_0 of the same checkpoint). "
+        + (
+            "The process ran with the worker's malloc (`glibc.malloc.hugetlb=1`, all sides). "
+            if res.get("huge_pages")
+            else ""
+        )
+        + "Seconds; **ratio = llama.cpp ÷ og time** (> 1: og faster).",
         "",
         f"| measure | og {l2}-layer | llama.cpp {l2}-layer | **{l2}-layer ratio** | og a layer | "
         "llama.cpp a layer | **a layer's ratio** | og LM head + rest | llama.cpp rest | "
@@ -152,13 +166,17 @@ def render_per_layer(res: dict[str, Any], command: str) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for measure, row in res["measures"].items():
-        og, ll = row["og"], row["llama.cpp"]
-        whole = ll["t"][1] / og["t"][1]
-        lines.append(
-            f"| {measure} | {og['t'][1]:.3f} | {ll['t'][1]:.3f} | **{whole:.2f}** "
-            f"| {og['layer']:.3f} | {ll['layer']:.3f} | **{ll['layer'] / og['layer']:.2f}** | "
-            f"{og['rest']:.3f} | {ll['rest']:.3f} | {ll['at40'] / og['at40']:.2f} |"
-        )
+        ll = row["llama.cpp"]
+        for side, label in OG_SIDES.items():
+            if side not in row:
+                continue
+            og = row[side]
+            whole = ll["t"][1] / og["t"][1]
+            lines.append(
+                f"| {measure}, {label} | {og['t'][1]:.3f} | {ll['t'][1]:.3f} | **{whole:.2f}** "
+                f"| {og['layer']:.3f} | {ll['layer']:.3f} | **{ll['layer'] / og['layer']:.2f}** "
+                f"| {og['rest']:.3f} | {ll['rest']:.3f} | {ll['at40'] / og['at40']:.2f} |"
+            )
     lines += [
         "",
         "A rest below zero means a cheap last layer: there llama.cpp runs the attention "
@@ -191,11 +209,21 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--write", action="store_true", help="update docs/BENCHMARKS.md")
+    parser.add_argument(
+        "--no-huge-pages",
+        action="store_true",
+        help="run --per-layer without the worker's malloc (engine.huge_page_malloc)",
+    )
     args = parser.parse_args()
     if args.per_layer:
         if not (args.og and args.gguf):
             parser.error("--per-layer needs --og L1_DIR L2_DIR and --gguf L1_GGUF L2_GGUF")
+        tuned = huge_page_malloc(os.environ)
+        if not args.no_huge_pages and tuned != dict(os.environ):
+            # glibc reads the tunable at start-up: start again as the worker is started.
+            os.execve(sys.executable, [sys.executable, *sys.argv], tuned)  # noqa: S606
         res = per_layer(args.og, args.gguf, args.sizes, args.rounds, args.threads)
+        res["huge_pages"] = "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "")
         print(json.dumps(res), file=sys.stderr)
         command = "python scripts/bench_llama_cpp.py " + " ".join(sys.argv[1:])
         section = render_per_layer(res, command.replace(" --write", ""))

@@ -112,6 +112,37 @@ class Raw:
         return stamps[0] - start, rate
 
 
+class WorkerWay:
+    """og as the daemon's worker runs one long prompt: its session settings (onnxruntime's
+    arena off), a Generator reading the prompt ``engine.prefill_chunk_tokens`` at a time. Run
+    the process with the worker's malloc (``engine.huge_page_malloc``) for its figures."""
+
+    def __init__(self, model_dir: Path, chunk: int = 128) -> None:
+        import onnxruntime_genai as og
+
+        self.og = og
+        self.chunk = chunk
+        config = og.Config(str(model_dir))
+        config.clear_providers()
+        config.overlay(json.dumps(session_overlay(resolve_intra_op_threads(0), 16, True)))
+        self.model = og.Model(config)
+
+    def run(self, ids: np.ndarray[Any, np.dtype[np.int32]], tokens: int) -> tuple[float, float]:
+        """Seconds to the first token, and decode tok/s after it."""
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(do_sample=False)
+        gen = self.og.Generator(self.model, params)
+        start = time.perf_counter()
+        for i in range(0, len(ids), self.chunk):
+            gen.append_tokens(ids[i : i + self.chunk])
+        stamps: list[float] = []
+        while len(stamps) < tokens and not gen.is_done():
+            gen.generate_next_token()
+            stamps.append(time.perf_counter())
+        rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else 0.0
+        return stamps[0] - start, rate
+
+
 # -- the daemon ------------------------------------------------------------------------------
 
 
