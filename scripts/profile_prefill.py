@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from bench_report import replace_section
 
+from edge_agent._malloc import huge_page_malloc
 from edge_agent.engine._cpus import resolve_intra_op_threads
 from edge_agent.engine._providers import session_overlay
 
@@ -166,10 +167,15 @@ def render(model_dir: Path, tokens: int, prefill: RunProfile, step: RunProfile) 
     lines = [
         HEAD,
         "",
-        f"Model `{model_dir.name}`, {tokens}-token prompt, {os.cpu_count()} cores, the daemon's "
-        "session settings (spinning threads, arena off), onnxruntime's profiler (kernel time per "
-        "node; a warm-up prefill first). GFLOP/s = 2·rows·K·N of the node's own shapes ÷ its "
-        "kernel time.",
+        f"Model `{model_dir.name}`, {tokens}-token prompt read in one run, {os.cpu_count()} "
+        "cores, the daemon's session settings (spinning threads, arena off)"
+        + (
+            ", the worker's malloc (`glibc.malloc.hugetlb=1`)"
+            if "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "")
+            else ", 4 KiB pages (`--no-huge-pages`)"
+        )
+        + ", onnxruntime's profiler (kernel time per node; a warm-up prefill first). GFLOP/s = "
+        "2·rows·K·N of the node's own shapes ÷ its kernel time.",
         "",
         "**Prefill**",
         "",
@@ -200,7 +206,14 @@ def main() -> int:
     parser.add_argument("--decode", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--write", action="store_true", help="update docs/BENCHMARKS.md")
+    parser.add_argument(
+        "--no-huge-pages", action="store_true", help="without the worker's malloc settings"
+    )
     args = parser.parse_args()
+    tuned = huge_page_malloc(os.environ)
+    if not args.no_huge_pages and tuned != dict(os.environ):
+        # glibc reads the tunable at start-up: start again as the worker is started.
+        os.execve(sys.executable, [sys.executable, *sys.argv], tuned)  # noqa: S606
     runs = profile_model(args.model, args.tokens, args.decode, args.seed)
     prefill, steps = runs[0], runs[1:]
     step = sorted(steps, key=lambda r: r.wall_ms)[len(steps) // 2]
