@@ -12,14 +12,22 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import platform
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 
-__all__ = ["huge_page_malloc", "limit_malloc_arenas", "release_free_heap"]
+__all__ = [
+    "huge_page_malloc",
+    "huge_page_malloc_applies",
+    "limit_malloc_arenas",
+    "release_free_heap",
+]
 
 _log = logging.getLogger(__name__)
 _M_ARENA_MAX = -8  # from glibc's <malloc.h>
 _TUNABLES = "GLIBC_TUNABLES"
+_THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 _HUGE_PAGES = "glibc.malloc.hugetlb"
 
 
@@ -72,3 +80,21 @@ def huge_page_malloc(env: Mapping[str, str]) -> dict[str, str]:
         return out
     out[_TUNABLES] = f"{current}:{_HUGE_PAGES}=1" if current else f"{_HUGE_PAGES}=1"
     return out
+
+
+def huge_page_malloc_applies(env: Mapping[str, str]) -> bool:
+    """Whether a process started with ``env`` gets its malloc'd memory madvised for huge
+    pages: glibc 2.35+ with the tunable on, and the kernel's THP mode ``madvise`` (with
+    ``always`` the kernel gives huge pages unasked and glibc leaves it be; with ``never`` or
+    no THP there are none)."""
+    name, version = platform.libc_ver()
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if name != "glibc" or parts < (2, 35):
+        return False
+    tunables = dict(item.split("=", 1) for item in env.get(_TUNABLES, "").split(":") if "=" in item)
+    if tunables.get(_HUGE_PAGES) != "1":
+        return False
+    try:
+        return "[madvise]" in _THP_ENABLED.read_text()
+    except OSError:
+        return False

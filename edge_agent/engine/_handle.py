@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from edge_agent._malloc import huge_page_malloc
+from edge_agent._malloc import huge_page_malloc, huge_page_malloc_applies
 from edge_agent._offline import offline_environment
 from edge_agent.engine._protocol import FrameReader, ProtocolError, frame
 from edge_agent.engine._types import EngineInfo
@@ -60,6 +60,7 @@ class WorkerHandle:
         env = offline_environment()
         if spec.get("huge_page_malloc", True):
             env = huge_page_malloc(env)
+        self.huge_pages = huge_page_malloc_applies(env)  # what the start-up log reports
         self.process = subprocess.Popen(
             [sys.executable, "-m", "edge_agent.engine._worker", str(theirs.fileno())],
             pass_fds=[theirs.fileno()],

@@ -238,9 +238,10 @@ class EngineSupervisor:
             raise EngineUnavailable(f"the engine could not load the model: {reason}") from exc
         _log.info(
             "engine worker pid %s serves %s on %s (context %d, %s prompts, %d lanes × batch %d, "
-            "%d threads)",
+            "%d threads, malloc on huge pages: %s)",
             info.pid, model_dir, info.execution_provider, info.context_length,
             info.prompt_format, info.lanes, info.max_batch_size, info.intra_op_threads,
+            "yes" if handle.huge_pages else "no",
         )  # fmt: skip
         return handle
 

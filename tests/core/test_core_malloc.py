@@ -7,11 +7,10 @@ import os
 import platform
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from edge_agent._malloc import huge_page_malloc, limit_malloc_arenas
+from edge_agent._malloc import huge_page_malloc, huge_page_malloc_applies, limit_malloc_arenas
 
 _THREADS_THEN_STATS = """
 import ctypes, sys, threading
@@ -92,19 +91,17 @@ def _flags_of_a_large_block(env: dict[str, str]) -> set[str]:
     return set(proc.stdout.split())
 
 
-def _glibc_knows_hugetlb() -> bool:
-    name, version = platform.libc_ver()
-    parts = tuple(int(p) for p in version.split(".")[:2]) if version else (0, 0)
-    return name == "glibc" and parts >= (2, 35)
-
-
-@pytest.mark.skipif(not _glibc_knows_hugetlb(), reason="glibc.malloc.hugetlb is glibc 2.35+")
 @pytest.mark.skipif(
-    not Path("/sys/kernel/mm/transparent_hugepage/enabled").exists(),
-    reason="this kernel has no transparent huge pages",
+    not huge_page_malloc_applies(huge_page_malloc({})),
+    reason="needs glibc 2.35+ and transparent huge pages in madvise mode",
 )
 def test_glibc_asks_for_huge_pages_for_the_blocks_it_maps() -> None:
     plain = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     assert "hg" not in _flags_of_a_large_block(plain)
     flags = _flags_of_a_large_block(huge_page_malloc(plain))
     assert "hg" in flags and "rd" in flags  # the block's own mapping, found and marked
+
+
+def test_huge_pages_apply_only_with_the_tunable_on() -> None:
+    assert not huge_page_malloc_applies({})
+    assert not huge_page_malloc_applies({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})

@@ -3,20 +3,20 @@ their own, the tunable reaching only the "on" side."""
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 import pytest
 from script_import import load_script
 from tekken_fixture import tekken_model_dir
 
+from edge_agent._malloc import huge_page_malloc, huge_page_malloc_applies
+
 hp = load_script("bench_huge_pages")
 
 
 @pytest.mark.skipif(
-    platform.libc_ver()[0] != "glibc"
-    or tuple(int(p) for p in platform.libc_ver()[1].split(".")[:2]) < (2, 35),
-    reason="glibc.malloc.hugetlb is glibc 2.35+",
+    not huge_page_malloc_applies(huge_page_malloc({})),
+    reason="needs glibc 2.35+ and transparent huge pages in madvise mode",
 )
 def test_one_round_side_by_side(tmp_path: Path) -> None:
     model = tekken_model_dir(tmp_path / "v7")

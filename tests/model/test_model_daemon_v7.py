@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from mistral_common.protocol.instruct.messages import SystemMessage, UserMessage
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from tekken_fixture import reference_tokenizer, tekken_model_dir
 
+from edge_agent._malloc import huge_page_malloc, huge_page_malloc_applies
 from edge_agent.chat import ChatSpec, estimate_prompt_tokens
 from edge_agent.client import ChatOptions, Client
 from edge_agent.engine import Message
@@ -194,9 +194,8 @@ def test_tools_over_grpc_reach_the_model_as_the_reference_encodes_them(
 
 
 @pytest.mark.skipif(
-    platform.libc_ver()[0] != "glibc"
-    or tuple(int(p) for p in platform.libc_ver()[1].split(".")[:2]) < (2, 35),
-    reason="glibc.malloc.hugetlb is glibc 2.35+",
+    not huge_page_malloc_applies(huge_page_malloc({})),
+    reason="needs glibc 2.35+ and transparent huge pages in madvise mode",
 )
 def test_the_worker_mallocs_on_transparent_huge_pages(daemon: RunningAgent) -> None:
     """engine.huge_page_malloc (on by default) reaches the worker's glibc: its heap is madvised
