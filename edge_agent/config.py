@@ -113,9 +113,6 @@ class EngineConfig:
     # glibc's malloc in the worker asks for transparent huge pages (edge_agent/_malloc.py):
     # without the arena, a step's fresh activations otherwise fault in 4 KiB at a time.
     huge_page_malloc: bool = True
-    # An idle worker gives back a burst's memory (batch Engines' KV, freed heap) this long
-    # after its last request, so requests sent one after another do not fault it in again.
-    rest_delay_s: float = 1.0
     load_timeout_s: float = 900.0
     restart_backoff_s: float = 0.5
     restart_backoff_max_s: float = 30.0
@@ -273,7 +270,6 @@ def _parse_engine(r: TableReader, base: Path) -> EngineConfig:
         ),
         cpu_memory_arena=r.boolean("cpu_memory_arena", d.cpu_memory_arena),
         huge_page_malloc=r.boolean("huge_page_malloc", d.huge_page_malloc),
-        rest_delay_s=r.number("rest_delay_s", d.rest_delay_s, min_value=0, max_value=600),
         load_timeout_s=r.number("load_timeout_s", d.load_timeout_s, min_value=1),
         restart_backoff_s=backoff,
         restart_backoff_max_s=r.number(

@@ -149,14 +149,13 @@ class WorkerWay:
 class Daemon:
     """A real ``edge-agent serve`` on the model, its engine defaults, metrics on a port."""
 
-    def __init__(self, model_dir: Path, tmp: Path, engine: str = "") -> None:
-        """``engine``: more lines for the config's [engine] table."""
+    def __init__(self, model_dir: Path, tmp: Path) -> None:
         port, self.metrics_port = _free_port(), _free_port()
         config = tmp / "agent.toml"
         config.write_text(
             f'[paths]\nstate_dir = "{tmp}/state"\nruntime_dir = "{tmp}/run"\n'
             f'[server]\nlisten = ["127.0.0.1:{port}"]\n'
-            f'[engine]\nmodel_dir = "{model_dir}"\nload_timeout_s = 1800\n{engine}'
+            f'[engine]\nmodel_dir = "{model_dir}"\nload_timeout_s = 1800\n'
             f'[logging]\nlevel = "WARNING"\n[metrics]\nport = {self.metrics_port}\n'
             "[discovery]\nenabled = false\n"
             "[auth]\nallow_anonymous_loopback = true\n"

@@ -225,7 +225,6 @@ class EngineSupervisor:
             "prefix_cache_lanes": c.prefix_cache_lanes,
             "cpu_memory_arena": c.cpu_memory_arena,
             "huge_page_malloc": c.huge_page_malloc,
-            "rest_delay_s": c.rest_delay_s,
         }
 
     async def _launch(self, model_dir: Path) -> WorkerHandle:

@@ -437,8 +437,6 @@ class _Worker:
         self.prefill_shrunk = 0  # chunks cut under prefill_chunk_tokens
         self.prompt_tokens_read = 0  # prompt tokens run through the model (reused ones are not)
         self.prefix = PrefixCache(int(spec.get("prefix_cache_lanes", 0)))
-        self.rest_delay_s = float(spec.get("rest_delay_s", 0.0))
-        self.rests = 0
         self.prefix_hits = self.prefix_misses = self.prefix_reused_tokens = 0
         try:
             # CPU keeps the KV cache in fp32, accelerators in fp16 (as admission counts it).
@@ -511,7 +509,6 @@ class _Worker:
             "prefix_misses": self.prefix_misses,
             "prefix_reused_tokens": self.prefix_reused_tokens,
             "prefix_evictions": self.prefix.evicted,
-            "rests": self.rests,
             "cached_lanes": len(self.prefix),
             "cached_kv_bytes": self.prefix.kv_bytes,
             # What the Engine lanes keep allocated: their batches' KV, or the warm lane's at rest.
@@ -696,7 +693,6 @@ class _Worker:
         served a single sequence (what the next lone request would allocate again: an idle
         box answers it as fast as before); and glibc's freed heap pages (fragments of the
         steps' buffers: 146 MiB after ten conversations on the bench model, 9 ms to trim)."""
-        self.rests += 1
         warm = next((lane for lane in self.lanes if lane.batch == 1), None)
         for lane in self.lanes:
             if lane.batch and lane is not warm and not lane.busy:
@@ -797,30 +793,16 @@ class _Worker:
 
     def run(self) -> None:
         busy_before = False
-        rest_at: float | None = None  # when the idle worker gives back what the burst left
         while self.running:
             out = _Out()
             idle = (
                 not self.waiting and not self.generators and not any(ln.busy for ln in self.lanes)
             )
             if idle and busy_before:
-                # Not at once: the next request of a client sending one after another finds
-                # the burst's Engines and heap pages still in place (engine.rest_delay_s).
-                rest_at = time.monotonic() + self.rest_delay_s
-            elif not idle:
-                rest_at = None
+                self.rest()
             busy_before = not idle
-            # Block only when there is nothing to step (until the rest is due); otherwise
-            # take what has arrived.
-            timeout: float | None = None if idle else 0.0
-            if rest_at is not None:
-                left = rest_at - time.monotonic()
-                if left <= 0:
-                    self.rest()
-                    rest_at = None
-                else:
-                    timeout = left
-            if self.conn.poll(timeout):
+            # Block only when there is nothing to step; otherwise take what has arrived.
+            if self.conn.poll(None if idle else 0):
                 while True:
                     self.handle(self.conn.recv(), out)
                     if not self.running or not self.conn.poll(0):
