@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from edge_agent._malloc import glibc_reads_hugetlb, transparent_huge_pages_mode
 from edge_agent.pressure import read_genai_config
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "Status",
     "check_clock",
     "check_disk",
+    "check_huge_pages",
     "check_keys",
     "check_model",
     "check_pressure",
@@ -311,6 +313,36 @@ def check_pressure(proc_root: Path) -> CheckResult:
             "boot the kernel with psi=1 (CONFIG_PSI)",
         )
     return CheckResult("pressure", Status.OK, f"{proc_root}/pressure readable")
+
+
+def check_huge_pages(
+    wanted: bool, thp_enabled: Path, libc: tuple[str, str] | None = None
+) -> CheckResult:
+    """engine.huge_page_malloc takes effect: the worker's large activations on 2 MiB pages
+    (a prefill otherwise faults them in 4 KiB at a time: docs/BENCHMARKS.md "Huge pages")."""
+    name = "huge pages"
+    if not wanted:
+        return CheckResult(name, Status.OK, "engine.huge_page_malloc is off")
+    mode = transparent_huge_pages_mode(thp_enabled)
+    if not glibc_reads_hugetlb(libc):
+        return CheckResult(
+            name,
+            Status.WARN,
+            "this libc ignores glibc.malloc.hugetlb: prefill faults its buffers in 4 KiB pages",
+            "run on glibc 2.35 or newer (Debian 12 has 2.36)",
+        )
+    if mode == "madvise":
+        return CheckResult(name, Status.OK, "THP madvise: the worker's malloc asks for them")
+    if mode == "always":
+        return CheckResult(name, Status.OK, "THP always: the kernel gives them unasked")
+    detail = "THP is off (never)" if mode == "never" else "this kernel has no THP"
+    return CheckResult(
+        name,
+        Status.WARN,
+        f"{detail}: prefill faults its buffers in 4 KiB pages",
+        f"echo madvise > {thp_enabled} (or transparent_hugepage=madvise on the kernel "
+        "command line)",
+    )
 
 
 # --- router connectivity -----------------------------------------------------------------

@@ -18,10 +18,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = [
+    "glibc_reads_hugetlb",
     "huge_page_malloc",
     "huge_page_malloc_applies",
     "limit_malloc_arenas",
     "release_free_heap",
+    "transparent_huge_pages_mode",
 ]
 
 _log = logging.getLogger(__name__)
@@ -82,19 +84,30 @@ def huge_page_malloc(env: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+def glibc_reads_hugetlb(libc: tuple[str, str] | None = None) -> bool:
+    """Whether this libc knows ``glibc.malloc.hugetlb`` (glibc 2.35+)."""
+    name, version = libc if libc is not None else platform.libc_ver()
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    return name == "glibc" and parts >= (2, 35)
+
+
+def transparent_huge_pages_mode(enabled: Path = _THP_ENABLED) -> str:
+    """The kernel's THP mode (``always``, ``madvise``, ``never``); "" without THP."""
+    try:
+        text = enabled.read_text()
+    except OSError:
+        return ""
+    return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else ""
+
+
 def huge_page_malloc_applies(env: Mapping[str, str]) -> bool:
     """Whether a process started with ``env`` gets its malloc'd memory madvised for huge
     pages: glibc 2.35+ with the tunable on, and the kernel's THP mode ``madvise`` (with
     ``always`` the kernel gives huge pages unasked and glibc leaves it be; with ``never`` or
     no THP there are none)."""
-    name, version = platform.libc_ver()
-    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
-    if name != "glibc" or parts < (2, 35):
-        return False
     tunables = dict(item.split("=", 1) for item in env.get(_TUNABLES, "").split(":") if "=" in item)
-    if tunables.get(_HUGE_PAGES) != "1":
-        return False
-    try:
-        return "[madvise]" in _THP_ENABLED.read_text()
-    except OSError:
-        return False
+    return (
+        tunables.get(_HUGE_PAGES) == "1"
+        and glibc_reads_hugetlb()
+        and transparent_huge_pages_mode() == "madvise"
+    )

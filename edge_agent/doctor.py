@@ -26,6 +26,7 @@ from edge_agent._doctor_checks import (
     Status,
     check_clock,
     check_disk,
+    check_huge_pages,
     check_keys,
     check_model,
     check_pressure,
@@ -84,6 +85,8 @@ class DoctorInputs:
     # The software's build time: a clock before it is wrong (None: the package's file stamps).
     not_before: float | None = None
     proc_root: Path = Path("/proc")
+    huge_page_malloc: bool = True  # engine.huge_page_malloc
+    thp_enabled: Path = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     unit_paths: tuple[Path, ...] = _UNIT_PATHS
     dropin_dirs: tuple[Path, ...] = _DROPIN_DIRS
 
@@ -151,6 +154,7 @@ def run_doctor(
             ),
         ),
         ("pressure", lambda: check_pressure(inputs.proc_root)),
+        ("huge pages", lambda: check_huge_pages(inputs.huge_page_malloc, inputs.thp_enabled)),
         (
             "router",
             lambda: check_router(
@@ -205,6 +209,7 @@ def inputs_from_config(config: object, **overrides: Any) -> DoctorInputs:
         "state_dir": getattr(paths, "state_dir", d.state_dir),
         "model_dir": getattr(engine, "model_dir", d.model_dir),
         "providers": tuple(getattr(engine, "providers", d.providers)),
+        "huge_page_malloc": bool(getattr(engine, "huge_page_malloc", d.huge_page_malloc)),
         "key_paths": keys,
         "router_base_url": getattr(cloud, "base_url", d.router_base_url),
         "router_proxy": getattr(cloud, "proxy", d.router_proxy),

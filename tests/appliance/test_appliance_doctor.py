@@ -19,6 +19,7 @@ import pytest
 from edge_agent._doctor_checks import (
     check_clock,
     check_disk,
+    check_huge_pages,
     check_keys,
     check_model,
     check_pressure,
@@ -28,6 +29,7 @@ from edge_agent._doctor_checks import (
     check_unit,
 )
 from edge_agent._doctor_service import check_service
+from edge_agent._malloc import glibc_reads_hugetlb
 from edge_agent.config import parse_config
 from edge_agent.doctor import (
     DoctorInputs,
@@ -189,6 +191,30 @@ def test_pressure(tmp_path: Path) -> None:
     assert check_pressure(tmp_path).status is Status.WARN
 
 
+def test_huge_pages(tmp_path: Path) -> None:
+    thp = tmp_path / "enabled"
+    glibc = ("glibc", "2.36")
+    for line, status in (
+        ("always [madvise] never\n", Status.OK),
+        ("[always] madvise never\n", Status.OK),
+        ("always madvise [never]\n", Status.WARN),
+    ):
+        thp.write_text(line)
+        assert check_huge_pages(True, thp, glibc).status is status, line
+    never = check_huge_pages(True, thp, glibc)
+    assert "never" in never.detail and str(thp) in never.fix
+    assert check_huge_pages(True, tmp_path / "absent", glibc).status is Status.WARN
+    thp.write_text("always [madvise] never\n")
+    old = check_huge_pages(True, thp, ("glibc", "2.31"))
+    assert old.status is Status.WARN and "2.35" in old.fix
+    assert check_huge_pages(True, thp, ("", "")).status is Status.WARN  # musl and others
+    assert check_huge_pages(False, tmp_path / "absent", ("", "")).status is Status.OK
+    # This box, as the packaged doctor reads it.
+    real = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if real.exists() and "[madvise]" in real.read_text() and glibc_reads_hugetlb():
+        assert check_huge_pages(True, real).status is Status.OK
+
+
 # --- router --------------------------------------------------------------------------------
 
 
@@ -309,6 +335,7 @@ def test_healthy_box_passes(tmp_path: Path) -> None:
         "clock",
         "disk",
         "pressure",
+        "huge pages",
         "router",
         "systemd unit",
         "service",
