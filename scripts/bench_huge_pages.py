@@ -19,14 +19,13 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench_report import replace_section
+from bench_report import cell, replace_section
 
 from edge_agent._malloc import huge_page_malloc, release_free_heap
 from edge_agent.engine._cpus import resolve_intra_op_threads
@@ -112,10 +111,6 @@ def _side(model_dir: Path, sizes: tuple[int, ...], huge: bool) -> dict[str, Any]
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
-def _cell(values: list[float], fmt: str) -> str:
-    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
-
-
 def render(
     model_dir: Path, sizes: tuple[int, ...], rounds: list[dict[str, dict[str, Any]]], stamp: str
 ) -> str:
@@ -138,22 +133,22 @@ def render(
         how = f"in {chunk}-token chunks" if chunk else "whole"
         key = f"prefill_{tokens}"
         rows.append(
-            f"| prefill tok/s, {tokens} tokens {how} | {_cell(column('off', key), '.1f')} | "
-            f"{_cell(column('on', key), '.1f')} | **{_cell(ratio(key), '.2f')}** |"
+            f"| prefill tok/s, {tokens} tokens {how} | {cell(column('off', key), '.1f')} | "
+            f"{cell(column('on', key), '.1f')} | **{cell(ratio(key), '.2f')}** |"
         )
         key = f"faults_{tokens}"
         rows.append(
-            f"| page faults in that prefill | {_cell(column('off', key), '.0f')} | "
-            f"{_cell(column('on', key), '.0f')} | {_cell(ratio(key), '.3f')} |"
+            f"| page faults in that prefill | {cell(column('off', key), '.0f')} | "
+            f"{cell(column('on', key), '.0f')} | {cell(ratio(key), '.3f')} |"
         )
     rows.append(
-        f"| decode tok/s | {_cell(column('off', 'decode'), '.1f')} | "
-        f"{_cell(column('on', 'decode'), '.1f')} | **{_cell(ratio('decode'), '.2f')}** |"
+        f"| decode tok/s | {cell(column('off', 'decode'), '.1f')} | "
+        f"{cell(column('on', 'decode'), '.1f')} | **{cell(ratio('decode'), '.2f')}** |"
     )
     for key, label in (("rss_load", "RSS at load"), ("rss_after", "RSS after the run, trimmed")):
         rows.append(
-            f"| {label}, MiB | {_cell(column('off', key, MIB), '.0f')} | "
-            f"{_cell(column('on', key, MIB), '.0f')} | {_cell(ratio(key), '.3f')} |"
+            f"| {label}, MiB | {cell(column('off', key, MIB), '.0f')} | "
+            f"{cell(column('on', key, MIB), '.0f')} | {cell(ratio(key), '.3f')} |"
         )
     return "\n".join(rows)
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_report import cell
 
 from edge_agent.engine._types import GenerationRequest, Message
 from edge_agent.engine._worker import _EngineLane, _GeneratorLane, _Out, _Worker
@@ -146,10 +147,6 @@ def main() -> None:
     print(render(results, n, args.rounds))
 
 
-def _cell(values: list[float], fmt: str) -> str:
-    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
-
-
 def render(results: dict[int, list[dict[str, float]]], tokens: int, rounds: int) -> str:
     whole = results.get(0)
     lines = [
@@ -163,15 +160,15 @@ def render(results: dict[int, list[dict[str, float]]], tokens: int, rounds: int)
     for c, rows in results.items():
         ttft = [r["ttft_s"] for r in rows]
         vs = (
-            _cell([t / w["ttft_s"] for t, w in zip(ttft, whole, strict=True)], ".2f")
+            cell([t / w["ttft_s"] for t, w in zip(ttft, whole, strict=True)], ".2f")
             if whole
             else "–"
         )
         lines.append(
-            f"| {c or '0 (whole)'} | {_cell([r['idle_p50_ms'] for r in rows], '.1f')} ms "
-            f"| {_cell([r['loaded_p50_ms'] for r in rows], '.0f')} / "
-            f"{_cell([r['loaded_p99_ms'] for r in rows], '.0f')} ms "
-            f"| {_cell([r['ratio'] for r in rows], '.1f')} | {_cell(ttft, '.2f')} s | {vs} |"
+            f"| {c or '0 (whole)'} | {cell([r['idle_p50_ms'] for r in rows], '.1f')} ms "
+            f"| {cell([r['loaded_p50_ms'] for r in rows], '.0f')} / "
+            f"{cell([r['loaded_p99_ms'] for r in rows], '.0f')} ms "
+            f"| {cell([r['ratio'] for r in rows], '.1f')} | {cell(ttft, '.2f')} s | {vs} |"
         )
     return "\n".join(lines)
 

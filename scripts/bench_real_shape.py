@@ -48,7 +48,7 @@ from bench_llama_cpp import LlamaCpp
 from bench_local import _free_port, _memory_bandwidth
 from bench_prefill import _long_prompt, _round
 from bench_prefill import _worker as _stall_worker
-from bench_report import replace_section
+from bench_report import cell, replace_section
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edge_agent._proto.edge_agent.v1 import inference_pb2 as pb
@@ -410,10 +410,6 @@ def _gguf_label(path: Path) -> str:
     return stem
 
 
-def _cell(values: list[float], fmt: str) -> str:
-    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
-
-
 def _layers_factor(model_dir: Path) -> tuple[int, float, float] | None:
     """(layers, prefill factor, decode factor) scaling per-token work of this model to 40
     layers, when it is the real shape: the layers' share grows, the LM head and embeddings
@@ -475,14 +471,14 @@ def _stall_rows(s: dict[str, Any]) -> list[str]:
     fixed = s["targets"].get(0.0)
     for target, v in s["targets"].items():
         what = f"stall target {target:g}" if target else "fixed 128-token chunk"
-        ttft = f"its TTFT {_cell(v['ttft_s'], '.1f')} s"
+        ttft = f"its TTFT {cell(v['ttft_s'], '.1f')} s"
         if fixed is not None and target:
             cost = [a / b for a, b in zip(v["ttft_s"], fixed["ttft_s"], strict=True)]
-            ttft += f" = {_cell(cost, '.2f')}× the fixed chunk's"
+            ttft += f" = {cell(cost, '.2f')}× the fixed chunk's"
         rows.append(
             f"| 3 streams' gap p99 while a {s['long_tokens']}-token prompt arrives ÷ idle p50 "
-            f"({what}; {ttft}) | idle p50 {_cell(v['idle_p50_ms'], '.1f')} ms | p99 "
-            f"{_cell(v['loaded_p99_ms'], '.0f')} ms | **{_cell(v['ratio'], '.1f')}** | ≤ 3 |"
+            f"({what}; {ttft}) | idle p50 {cell(v['idle_p50_ms'], '.1f')} ms | p99 "
+            f"{cell(v['loaded_p99_ms'], '.0f')} ms | **{cell(v['ratio'], '.1f')}** | ≤ 3 |"
         )
     return rows
 
@@ -505,15 +501,15 @@ def render(
         if key.startswith("prefill_"):
             lines.append(
                 f"| prefill tok/s, {value['tokens']:.0f}-token prompt | "
-                f"{_cell(value['raw'], '.1f')} | {_cell(value['daemon'], '.1f')} | "
-                f"**{_cell(value['ratio'], '.2f')}** "
+                f"{cell(value['raw'], '.1f')} | {cell(value['daemon'], '.1f')} | "
+                f"**{cell(value['ratio'], '.2f')}** "
                 "| ≥ 1 (daemon ÷ raw) |"
             )
             for name, ref in value["refs"].items():
                 lines.append(
                     f"| prefill tok/s, {value['tokens']:.0f}-token prompt, ÷ llama.cpp {name} | "
-                    f"{_cell(ref['tps'], '.1f')} | {_cell(value['daemon'], '.1f')} | "
-                    f"**{_cell(ref['ratio'], '.2f')}** | ≥ 1 (daemon ÷ llama.cpp) |"
+                    f"{cell(ref['tps'], '.1f')} | {cell(value['daemon'], '.1f')} | "
+                    f"**{cell(ref['ratio'], '.2f')}** | ≥ 1 (daemon ÷ llama.cpp) |"
                 )
     if "decode" not in res:  # --only stall
         return "\n".join([*lines, *_stall_rows(res["stall"])]) + "\n"
@@ -521,29 +517,29 @@ def render(
     lines.append(
         f"| decode tok/s ÷ bandwidth limit ({d['limit_tps']:.1f} tok/s = "
         f"{d['bandwidth_gbs']:.1f} GB/s copy ÷ {d['weights_gb']:.2f} GB weights read a token) | "
-        f"{_cell(d['raw'], '.1f')} tok/s = {_cell(d['raw_fraction'], '.2f')} | "
-        f"{_cell(d['daemon'], '.1f')} tok/s | **{_cell(d['daemon_fraction'], '.2f')}** | ≥ 0.85 |"
+        f"{cell(d['raw'], '.1f')} tok/s = {cell(d['raw_fraction'], '.2f')} | "
+        f"{cell(d['daemon'], '.1f')} tok/s | **{cell(d['daemon_fraction'], '.2f')}** | ≥ 0.85 |"
     )
     for name, ref in d["refs"].items():
         lines.append(
-            f"| decode tok/s ÷ llama.cpp {name} | {_cell(ref['tps'], '.1f')} | "
-            f"{_cell(d['daemon'], '.1f')} | **{_cell(ref['ratio'], '.2f')}** | ≥ 1 |"
+            f"| decode tok/s ÷ llama.cpp {name} | {cell(ref['tps'], '.1f')} | "
+            f"{cell(d['daemon'], '.1f')} | **{cell(ref['ratio'], '.2f')}** | ≥ 1 |"
         )
     lines += _stall_rows(res["stall"])
     u = res["reuse"]
     lines.append(
         f"| TTFT of turn 5 ({u['history_tokens']:.0f}-token prompt) ÷ fresh turn-5-only prompt |"
-        f" fresh {_cell(u['fresh5'], '.2f')} s | turn 5 {_cell(u['turn5'], '.2f')} s | "
-        f"**{_cell(u['turn5_ratio'], '.2f')}** | ≤ 1.3 |"
+        f" fresh {cell(u['fresh5'], '.2f')} s | turn 5 {cell(u['turn5'], '.2f')} s | "
+        f"**{cell(u['turn5_ratio'], '.2f')}** | ≤ 1.3 |"
     )
     lines.append(
         f"| the same turn 5 read whole (another data class) ÷ fresh | | "
-        f"{_cell(u['whole5'], '.2f')} s | {_cell(u['whole5_ratio'], '.2f')} | (no reuse) |"
+        f"{cell(u['whole5'], '.2f')} s | {cell(u['whole5_ratio'], '.2f')} | (no reuse) |"
     )
     lines.append(
         f"| TTFT of requests 2–16 sharing a system prompt ÷ fresh question only | "
-        f"fresh {_cell(u['fresh_q'], '.2f')} s; the 1st {_cell(u['first_shared'], '.2f')} s | "
-        f"{_cell(u['shared'], '.2f')} s | **{_cell(u['shared_ratio'], '.2f')}** | ≤ 1.3 |"
+        f"fresh {cell(u['fresh_q'], '.2f')} s; the 1st {cell(u['first_shared'], '.2f')} s | "
+        f"{cell(u['shared'], '.2f')} s | **{cell(u['shared_ratio'], '.2f')}** | ≤ 1.3 |"
     )
     m = res["memory"]
     load_mb = m["load_anon_mb"] + m["load_file_mb"]

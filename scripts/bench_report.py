@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
+
+
+def cell(values: list[float], fmt: str) -> str:
+    """A table cell: the median of ``values`` and their range, e.g. ``1.15 (1.05–1.18)``."""
+    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
 
 
 def replace_section(section: str, path: Path = BENCHMARKS) -> None:
