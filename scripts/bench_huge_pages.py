@@ -45,6 +45,22 @@ def _rss() -> int:
     return 0
 
 
+def runs_on_worker_malloc() -> bool:
+    """Whether this process started as the daemon starts its engine worker: with
+    ``glibc.malloc.hugetlb=1`` (``engine.huge_page_malloc``)."""
+    return "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "")
+
+
+def restart_on_worker_malloc(wanted: bool = True) -> bool:
+    """Start this script again with the worker's malloc tunable unless ``wanted`` is False or
+    its environment already decides it (glibc reads tunables at start-up only); returns
+    ``runs_on_worker_malloc()``."""
+    tuned = huge_page_malloc(os.environ)
+    if wanted and tuned != dict(os.environ):
+        os.execve(sys.executable, [sys.executable, *sys.argv], tuned)  # noqa: S606
+    return runs_on_worker_malloc()
+
+
 def _prefills(sizes: tuple[int, ...]) -> list[tuple[int, int]]:
     """(tokens, chunk; 0 = read whole) for each size."""
     return [(n, CHUNK if n > CHUNK else 0) for n in sizes]

@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_huge_pages import restart_on_worker_malloc
 from bench_report import replace_section
-
-from edge_agent._malloc import huge_page_malloc
 
 # llama_ftype values of llama.h: the quantisations the benchmark compares.
 FTYPES = {"q4_0": 2, "q4_k_m": 15, "q8_0": 7}
@@ -218,12 +217,9 @@ def main() -> int:
     if args.per_layer:
         if not (args.og and args.gguf):
             parser.error("--per-layer needs --og L1_DIR L2_DIR and --gguf L1_GGUF L2_GGUF")
-        tuned = huge_page_malloc(os.environ)
-        if not args.no_huge_pages and tuned != dict(os.environ):
-            # glibc reads the tunable at start-up: start again as the worker is started.
-            os.execve(sys.executable, [sys.executable, *sys.argv], tuned)  # noqa: S606
+        huge_pages = restart_on_worker_malloc(not args.no_huge_pages)
         res = per_layer(args.og, args.gguf, args.sizes, args.rounds, args.threads)
-        res["huge_pages"] = "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "")
+        res["huge_pages"] = huge_pages
         print(json.dumps(res), file=sys.stderr)
         command = "python scripts/bench_llama_cpp.py " + " ".join(sys.argv[1:])
         section = render_per_layer(res, command.replace(" --write", ""))

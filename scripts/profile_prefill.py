@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_huge_pages import restart_on_worker_malloc, runs_on_worker_malloc
 from bench_report import replace_section
 
-from edge_agent._malloc import huge_page_malloc
 from edge_agent.engine._cpus import resolve_intra_op_threads
 from edge_agent.engine._providers import session_overlay
 
@@ -171,7 +171,7 @@ def render(model_dir: Path, tokens: int, prefill: RunProfile, step: RunProfile) 
         "cores, the daemon's session settings (spinning threads, arena off)"
         + (
             ", the worker's malloc (`glibc.malloc.hugetlb=1`)"
-            if "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "")
+            if runs_on_worker_malloc()
             else ", 4 KiB pages (`--no-huge-pages`)"
         )
         + ", onnxruntime's profiler (kernel time per node; a warm-up prefill first). GFLOP/s = "
@@ -210,10 +210,7 @@ def main() -> int:
         "--no-huge-pages", action="store_true", help="without the worker's malloc settings"
     )
     args = parser.parse_args()
-    tuned = huge_page_malloc(os.environ)
-    if not args.no_huge_pages and tuned != dict(os.environ):
-        # glibc reads the tunable at start-up: start again as the worker is started.
-        os.execve(sys.executable, [sys.executable, *sys.argv], tuned)  # noqa: S606
+    restart_on_worker_malloc(not args.no_huge_pages)
     runs = profile_model(args.model, args.tokens, args.decode, args.seed)
     prefill, steps = runs[0], runs[1:]
     step = sorted(steps, key=lambda r: r.wall_ms)[len(steps) // 2]
