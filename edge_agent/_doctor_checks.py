@@ -323,7 +323,6 @@ def check_huge_pages(
     name = "huge pages"
     if not wanted:
         return CheckResult(name, Status.OK, "engine.huge_page_malloc is off")
-    mode = transparent_huge_pages_mode(thp_enabled)
     if not glibc_reads_hugetlb(libc):
         return CheckResult(
             name,
@@ -331,6 +330,7 @@ def check_huge_pages(
             "this libc ignores glibc.malloc.hugetlb: prefill faults its buffers in 4 KiB pages",
             "run on glibc 2.35 or newer (Debian 12 has 2.36)",
         )
+    mode = transparent_huge_pages_mode(thp_enabled)
     if mode == "madvise":
         return CheckResult(name, Status.OK, "THP madvise: the worker's malloc asks for them")
     if mode == "always":

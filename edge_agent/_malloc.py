@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = [
+    "THP_ENABLED",
     "glibc_reads_hugetlb",
     "huge_page_malloc",
     "huge_page_malloc_applies",
@@ -29,7 +30,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 _M_ARENA_MAX = -8  # from glibc's <malloc.h>
 _TUNABLES = "GLIBC_TUNABLES"
-_THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 _HUGE_PAGES = "glibc.malloc.hugetlb"
 
 
@@ -77,11 +78,17 @@ def huge_page_malloc(env: Mapping[str, str]) -> dict[str, str]:
     before 2.35 and other libcs ignore the tunable; an operator's own choice is kept.
     """
     out = dict(env)
-    current = out.get(_TUNABLES, "")
-    if any(item.split("=", 1)[0] == _HUGE_PAGES for item in current.split(":")):
+    if _HUGE_PAGES in _tunables(env):
         return out
+    current = out.get(_TUNABLES, "")
     out[_TUNABLES] = f"{current}:{_HUGE_PAGES}=1" if current else f"{_HUGE_PAGES}=1"
     return out
+
+
+def _tunables(env: Mapping[str, str]) -> dict[str, str]:
+    """``GLIBC_TUNABLES`` of ``env`` by name (``a.b=1:c.d=2``; a bare name reads as "")."""
+    items = (item.partition("=") for item in env.get(_TUNABLES, "").split(":") if item)
+    return {name: value for name, _, value in items}
 
 
 def glibc_reads_hugetlb(libc: tuple[str, str] | None = None) -> bool:
@@ -91,7 +98,7 @@ def glibc_reads_hugetlb(libc: tuple[str, str] | None = None) -> bool:
     return name == "glibc" and parts >= (2, 35)
 
 
-def transparent_huge_pages_mode(enabled: Path = _THP_ENABLED) -> str:
+def transparent_huge_pages_mode(enabled: Path = THP_ENABLED) -> str:
     """The kernel's THP mode (``always``, ``madvise``, ``never``); "" without THP."""
     try:
         text = enabled.read_text()
@@ -105,9 +112,8 @@ def huge_page_malloc_applies(env: Mapping[str, str]) -> bool:
     pages: glibc 2.35+ with the tunable on, and the kernel's THP mode ``madvise`` (with
     ``always`` the kernel gives huge pages unasked and glibc leaves it be; with ``never`` or
     no THP there are none)."""
-    tunables = dict(item.split("=", 1) for item in env.get(_TUNABLES, "").split(":") if "=" in item)
     return (
-        tunables.get(_HUGE_PAGES) == "1"
+        _tunables(env).get(_HUGE_PAGES) == "1"
         and glibc_reads_hugetlb()
         and transparent_huge_pages_mode() == "madvise"
     )

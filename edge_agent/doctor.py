@@ -37,6 +37,7 @@ from edge_agent._doctor_checks import (
     default_not_before,
 )
 from edge_agent._doctor_service import check_service
+from edge_agent._malloc import THP_ENABLED
 from edge_agent.errors import EdgeAgentError
 
 __all__ = [
@@ -86,7 +87,7 @@ class DoctorInputs:
     not_before: float | None = None
     proc_root: Path = Path("/proc")
     huge_page_malloc: bool = True  # engine.huge_page_malloc
-    thp_enabled: Path = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    thp_enabled: Path = THP_ENABLED
     unit_paths: tuple[Path, ...] = _UNIT_PATHS
     dropin_dirs: tuple[Path, ...] = _DROPIN_DIRS
 
