@@ -29,7 +29,7 @@ from bench_report import cell, replace_section
 
 from edge_agent._malloc import huge_page_malloc, release_free_heap
 from edge_agent.engine._cpus import resolve_intra_op_threads
-from edge_agent.engine._providers import session_overlay
+from edge_agent.engine._providers import load_model
 
 HEAD = "## Huge pages: the worker's malloc on transparent huge pages (scripts/bench_huge_pages.py)"
 CHUNK = 128  # engine.prefill_chunk_tokens' default
@@ -71,10 +71,7 @@ def child(model_dir: Path, sizes: tuple[int, ...]) -> dict[str, Any]:
     import numpy as np
     import onnxruntime_genai as og
 
-    config = og.Config(str(model_dir))
-    config.clear_providers()
-    config.overlay(json.dumps(session_overlay(resolve_intra_op_threads(0), 16, True)))
-    model = og.Model(config)
+    model = load_model(og, model_dir, ["cpu"], {}, resolve_intra_op_threads(0), 16).model
     release_free_heap()
     at_load = _rss()
     rng = np.random.default_rng(7)

@@ -30,6 +30,8 @@ import numpy as np
 from bench_huge_pages import restart_on_worker_malloc
 from bench_report import replace_section
 
+from edge_agent.pressure import read_genai_config
+
 # llama_ftype values of llama.h: the quantisations the benchmark compares.
 FTYPES = {"q4_0": 2, "q4_k_m": 15, "q8_0": 7}
 
@@ -83,7 +85,7 @@ def quantize(source: Path, target: Path, kind: str, threads: int) -> None:
 
 
 def _layers(model_dir: Path) -> int:
-    config = json.loads((model_dir / "genai_config.json").read_text())
+    config: dict[str, Any] = read_genai_config(model_dir)
     return int(config["model"]["decoder"]["num_hidden_layers"])
 
 

@@ -56,8 +56,9 @@ from edge_agent._proto.edge_agent.v1 import inference_pb2_grpc as pb_grpc
 from edge_agent.bundles._last_logits import MARKER, PREFIX
 from edge_agent.engine._cpus import resolve_intra_op_threads
 from edge_agent.engine._prompt import load_prompt_builder
-from edge_agent.engine._providers import session_overlay
+from edge_agent.engine._providers import load_model
 from edge_agent.engine._types import Message
+from edge_agent.pressure import read_genai_config
 
 ROOT = Path(__file__).resolve().parent.parent
 FILLER = (
@@ -78,11 +79,8 @@ class Raw:
         import onnxruntime_genai as og
 
         self.og = og
-        config = og.Config(str(model_dir))
-        config.clear_providers()
-        overlay = session_overlay(resolve_intra_op_threads(0), 16, True, cpu_memory_arena=True)
-        config.overlay(json.dumps(overlay))
-        self.model = og.Model(config)
+        threads = resolve_intra_op_threads(0)
+        self.model = load_model(og, model_dir, ["cpu"], {}, threads, 16, True, True).model
         self.tokenizer = og.Tokenizer(self.model)
         self.prompts = load_prompt_builder(model_dir, self.tokenizer)
 
@@ -122,10 +120,7 @@ class WorkerWay:
 
         self.og = og
         self.chunk = chunk
-        config = og.Config(str(model_dir))
-        config.clear_providers()
-        config.overlay(json.dumps(session_overlay(resolve_intra_op_threads(0), 16, True)))
-        self.model = og.Model(config)
+        self.model = load_model(og, model_dir, ["cpu"], {}, resolve_intra_op_threads(0), 16).model
 
     def run(self, ids: np.ndarray[Any, np.dtype[np.int32]], tokens: int) -> tuple[float, float]:
         """Seconds to the first token, and decode tok/s after it."""
@@ -315,7 +310,8 @@ def _decode(
     # A decode step reads every weight once except the embedding table, of which it gathers
     # one row: estimated as int4 block 32 with fp32 scales (0.625 bytes a weight), the
     # recipe's quantised embedding (a float one would be larger: the limit errs low).
-    model = json.loads((model_dir / "genai_config.json").read_text())["model"]
+    genai: dict[str, Any] = read_genai_config(model_dir)
+    model = genai["model"]
     embedding = int(model["vocab_size"] * model["decoder"]["hidden_size"] * 0.625)
     weights -= embedding
     limit = bandwidth / weights
@@ -415,7 +411,8 @@ def _layers_factor(model_dir: Path) -> tuple[int, float, float] | None:
     layers, when it is the real shape: the layers' share grows, the LM head and embeddings
     stay. With the recipe's last-position edit a prefill runs the LM head (and the last
     layer's MLP) once per prompt row; a decode step runs everything."""
-    config = json.loads((model_dir / "genai_config.json").read_text())["model"]
+    genai: dict[str, Any] = read_genai_config(model_dir)
+    config = genai["model"]
     decoder = config["decoder"]
     real = json.loads(MS3.read_text())
     if decoder["hidden_size"] != real["hidden_size"]:
@@ -581,7 +578,8 @@ def main() -> int:
     targets = [float(t) for t in args.stall_targets.split(",")]
     model = args.model.resolve()
     rounds = args.rounds or (2 if args.quick else 3)
-    context = json.loads((model / "genai_config.json").read_text())["search"]["max_length"]
+    genai: dict[str, Any] = read_genai_config(model)
+    context = genai["search"]["max_length"]
     sizes = [s for s in (32, 512, 2048) if s + 64 < context]
     res: dict[str, Any] = {}
     if args.only == "stall":

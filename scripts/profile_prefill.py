@@ -29,7 +29,8 @@ from bench_huge_pages import restart_on_worker_malloc, runs_on_worker_malloc
 from bench_report import replace_section
 
 from edge_agent.engine._cpus import resolve_intra_op_threads
-from edge_agent.engine._providers import session_overlay
+from edge_agent.engine._providers import load_model
+from edge_agent.pressure import read_genai_config
 
 HEAD = "## Prefill profile: onnxruntime per operator (scripts/profile_prefill.py)"
 # Node names of the builder's matmuls: /model/layers.N/attn/qkv_proj/MatMul, /lm_head/MatMul.
@@ -101,11 +102,9 @@ def profile_model(model_dir: Path, tokens: int, decode: int, seed: int) -> list[
     """The measured prefill's run, then each decode step's, from onnxruntime's run profiles."""
     import onnxruntime_genai as og
 
-    config = og.Config(str(model_dir))
-    config.clear_providers()
-    config.overlay(json.dumps(session_overlay(resolve_intra_op_threads(0), 1, True)))
-    model = og.Model(config)
-    vocab = int(json.loads((model_dir / "genai_config.json").read_text())["model"]["vocab_size"])
+    model = load_model(og, model_dir, ["cpu"], {}, resolve_intra_op_threads(0), 1).model
+    genai: dict[str, Any] = read_genai_config(model_dir)
+    vocab = int(genai["model"]["vocab_size"])
     ids = np.random.default_rng(seed).integers(1000, vocab, tokens, dtype=np.int32)
     runs: list[RunProfile] = []
     with tempfile.TemporaryDirectory(prefix="profile-prefill-") as tmp_s:
